@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
+from typing import Any
 
-Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
-
-def _groups() -> list[Register]:
-    # Imported lazily so `pbxctl --help` stays fast and a broken group names itself.
-    from pbx_controller.cli import billing, serve
-
-    return [serve.register, billing.register]
+# One module per command group, in the order `pbxctl --help` lists them.
+GROUP_MODULES = ("serve", "billing")
 
 
-GROUPS: list[Register] = []
-
-
-def __getattr__(name: str) -> object:  # pragma: no cover - trivial
-    raise AttributeError(name)
+def groups() -> list[Register]:
+    return [importlib.import_module(f"pbx_controller.cli.{m}").register for m in GROUP_MODULES]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pbx_controller.cli import GROUPS
+from pbx_controller.cli import groups
 
 
 class CliError(Exception):
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pbxctl", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML settings file (default: $PBX_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in GROUPS:
+    for register in groups():
         register(sub)
     return parser
 
