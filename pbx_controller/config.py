@@ -1,0 +1,131 @@
+"""Typed settings: environment variables (PBX_ prefix, `__` between levels),
+plus an optional TOML file (`--config` or $PBX_CONFIG). The environment wins
+over the file. Secrets are `SecretStr`: they print as '**********'.
+
+    PBX_ARI__URL=http://127.0.0.1:8088/ari
+    PBX_ARI__PASSWORD=...
+    PBX_DATABASE__URL=postgresql+asyncpg://pbx@127.0.0.1/pbx
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ConfigError(ValueError):
+    """A settings problem, worded for the operator: which key, what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AriSettings(_Section):
+    url: str = "http://127.0.0.1:8088/ari"
+    username: str = "pbx"
+    password: SecretStr = SecretStr("")
+    app: str = "pbx-controller"
+    # Seconds between websocket pings; a dead connection is noticed within ~2x this.
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class AmiSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=5038, ge=1, le=65535)
+    username: str = "pbx"
+    password: SecretStr = SecretStr("")
+
+
+class AgiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4573, ge=1, le=65535)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8780, ge=0, le=65535)
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr = SecretStr("sqlite+aiosqlite:///var/pbx.db")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PBX_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    ari: AriSettings = AriSettings()
+    ami: AmiSettings = AmiSettings()
+    agi: AgiSettings = AgiSettings()
+    http: HttpSettings = HttpSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # The greeting played by the bare call flow until a tenant defines its own.
+    default_greeting: str = "sound:hello-world"
+    data_dir: Path = Path("var")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (the TOML file, passed by load_settings) loses to the environment.
+        return (env_settings, init_settings)
+
+    def non_loopback_binds(self) -> list[str]:
+        """Listeners configured off loopback; the service warns about each."""
+        return [
+            f"{name}.host={host}"
+            for name, host in (("agi", self.agi.host), ("http", self.http.host))
+            if host not in _LOOPBACK
+        ]
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from the environment and, if given or $PBX_CONFIG is set, a TOML file."""
+    path = path or os.environ.get("PBX_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"settings file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source=str(path or "environment"))) from None
+
+
+def describe_validation_error(exc: ValidationError, *, source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        # Never echo the offending value: it may be a secret.
+        problems.append(f"{key}: {error['msg']}")
+    return f"invalid settings in {source}: " + "; ".join(problems)
