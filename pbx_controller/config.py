@@ -119,7 +119,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source=str(path or "environment"))) from None
+        raise ConfigError(
+            describe_validation_error(exc, source=str(path or "environment"))
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError, *, source: str) -> str:

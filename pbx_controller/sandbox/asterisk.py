@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbx_controller.asterisk.conf import render_all
+from pbx_controller.config import Settings
 
 DEFAULT_SANDBOX = Path("/var/cache/pbx-controller/asterisk-sid")
 READY_MARKER = ".pbx-ready"
@@ -60,7 +61,9 @@ class AsteriskInstall:
         ):
             if (self.host_path(candidate) / "app_stasis.so").exists():
                 return candidate
-        raise AsteriskUnavailable(f"no Asterisk module directory with app_stasis.so under {self.root}")
+        raise AsteriskUnavailable(
+            f"no Asterisk module directory with app_stasis.so under {self.root}"
+        )
 
     def data_dir(self) -> str:
         for candidate in ("/usr/share/asterisk", "/var/lib/asterisk"):
@@ -128,8 +131,13 @@ class SandboxEndpoints:
 class SandboxAsterisk:
     """One running Asterisk with a private run directory."""
 
-    def __init__(self, install: AsteriskInstall | None = None, *, ari_app: str = "pbx-controller",
-                 agi_port: int | None = None) -> None:
+    def __init__(
+        self,
+        install: AsteriskInstall | None = None,
+        *,
+        ari_app: str = "pbx-controller",
+        agi_port: int | None = None,
+    ) -> None:
         self.install = install or find_asterisk()
         rtp_start = 20000 + secrets.randbelow(20000) // 2 * 2
         self.endpoints = SandboxEndpoints(
@@ -148,8 +156,11 @@ class SandboxAsterisk:
         base = self.install.host_path("/var/lib/pbx-sandbox")
         base.mkdir(parents=True, exist_ok=True)
         self.host_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-        self.inner_dir = "/" + str(self.host_dir.relative_to(self.install.root)) \
-            if self.install.chroot else str(self.host_dir)
+        self.inner_dir = (
+            "/" + str(self.host_dir.relative_to(self.install.root))
+            if self.install.chroot
+            else str(self.host_dir)
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     # paths ---------------------------------------------------------------
@@ -204,7 +215,9 @@ class SandboxAsterisk:
         out = open(self.host("log/console.log"), "wb")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             self.install.command("-f", "-n", "-C", conf),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         out.close()
@@ -218,14 +231,16 @@ class SandboxAsterisk:
     def _wait_for_ari(self, timeout: float) -> None:
         e = self.endpoints
         token = base64.b64encode(f"{e.ari_username}:{e.ari_password}".encode()).decode()
-        request = urllib.request.Request(f"{e.ari_url}/asterisk/info",
-                                         headers={"Authorization": f"Basic {token}"})
+        request = urllib.request.Request(
+            f"{e.ari_url}/asterisk/info", headers={"Authorization": f"Basic {token}"}
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise AsteriskUnavailable(
                     f"Asterisk exited with {self.process.returncode} during start; "
-                    f"see {self.host('log/console.log')}")
+                    f"see {self.host('log/console.log')}"
+                )
             try:
                 with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310 - loopback
                     if response.status == 200:
@@ -239,10 +254,14 @@ class SandboxAsterisk:
         """Run one Asterisk CLI command over the control socket."""
         result = subprocess.run(
             self.install.command("-C", self.inner("etc/asterisk.conf"), "-rx", command),
-            capture_output=True, timeout=timeout, check=False,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"asterisk -rx {command!r} failed: {result.stderr.decode(errors='replace')}")
+            raise RuntimeError(
+                f"asterisk -rx {command!r} failed: {result.stderr.decode(errors='replace')}"
+            )
         return result.stdout.decode(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -274,3 +293,28 @@ class SandboxAsterisk:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def controller_settings(sandbox: SandboxAsterisk, **overrides: object) -> Settings:
+    """Settings that point a controller at this sandbox."""
+    from pydantic import SecretStr
+
+    e = sandbox.endpoints
+    values: dict[str, object] = {
+        "ari": {
+            "url": e.ari_url,
+            "username": e.ari_username,
+            "password": SecretStr(e.ari_password),
+            "app": e.ari_app,
+            "reconnect_max_s": 1.0,
+        },
+        "ami": {
+            "host": "127.0.0.1",
+            "port": e.ami_port,
+            "username": e.ami_username,
+            "password": SecretStr(e.ami_password),
+        },
+        "agi": {"host": "127.0.0.1", "port": e.agi_port},
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,440 @@
+"""A thin ARI client on aiohttp: REST verbs with typed errors, and an event
+stream that reconnects.
+
+Why our own: measured, the published Python ARI libraries either do not
+import on Python 3, freeze the loop, or lose live calls when the websocket
+drops (ASTERISK_NOTES.md).
+
+The event reader does nothing but decode JSON and `put_nowait` onto an
+unbounded queue: Asterisk cuts off a websocket reader that falls 100 ms
+behind, so nothing slow may ever run on the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class AriError(Exception):
+    """ARI answered with an error status, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, path: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.path = path
+
+
+class AriUnavailable(AriError):
+    """No answer: Asterisk is down, restarting, or the network failed."""
+
+
+class AriNotFound(AriError):
+    """404: the resource does not exist (any more)."""
+
+
+class ChannelGone(AriNotFound):
+    """404 on a channel: it hung up already. Usually a race, not a bug."""
+
+
+class BridgeGone(AriNotFound):
+    """404 on a bridge."""
+
+
+class PlaybackGone(AriNotFound):
+    """404 on a playback: it finished already."""
+
+
+class AriConflict(AriError):
+    """409: e.g. the channel is not in our Stasis app, or not answered."""
+
+
+class AriBadRequest(AriError):
+    """400/422: we sent something Asterisk rejects. A bug on our side."""
+
+
+class AriAuthError(AriError):
+    """401/403: wrong ARI credentials."""
+
+
+class AriServerError(AriError):
+    """5xx from Asterisk."""
+
+
+def _error_for(status: int, path: str, text: str) -> AriError:
+    message = f"ARI {status} on {path}: {text.strip()[:200]}"
+    if status == 404:
+        if path.startswith("/channels/"):
+            return ChannelGone(message, status=status, path=path)
+        if path.startswith("/bridges/"):
+            return BridgeGone(message, status=status, path=path)
+        if path.startswith("/playbacks/"):
+            return PlaybackGone(message, status=status, path=path)
+        return AriNotFound(message, status=status, path=path)
+    if status == 409:
+        return AriConflict(message, status=status, path=path)
+    if status in (400, 422):
+        return AriBadRequest(message, status=status, path=path)
+    if status in (401, 403):
+        return AriAuthError(
+            f"ARI {status} on {path}: check the ARI username and password", status=status, path=path
+        )
+    return AriServerError(message, status=status, path=path)
+
+
+# -- event stream markers ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConnected:
+    """Put on the event queue each time the websocket (re)connects. After a
+    reconnect the consumer must resync: events may have been missed."""
+
+    reconnect: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDisconnected:
+    reason: str
+
+
+# -- the client ------------------------------------------------------------------
+
+
+class AriClient:
+    def __init__(
+        self,
+        url: str,
+        username: str,
+        password: str,
+        app: str,
+        *,
+        heartbeat_s: float = 5.0,
+        reconnect_max_s: float = 5.0,
+        request_timeout_s: float = 5.0,
+        events: asyncio.Queue[Any] | None = None,
+    ) -> None:
+        self.base_url = url.rstrip("/")
+        self.app = app
+        # Only the encoded header is kept, never the password itself.
+        self._headers = {"Authorization": aiohttp.encode_basic_auth(username, password)}
+        self._heartbeat = heartbeat_s
+        self._reconnect_max = reconnect_max_s
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        # Items: ARI event dicts, StreamConnected, StreamDisconnected. The
+        # service may pass its own queue to merge other inputs into one stream.
+        self.events: asyncio.Queue[Any] = events if events is not None else asyncio.Queue()
+        self.connected = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._closing = False
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Keep-alive connections: a call costs several REST requests.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AriClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- REST -------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        body: Json | None = None,
+    ) -> Any:
+        query = {k: str(v) for k, v in (params or {}).items()}
+        try:
+            async with self.session.request(
+                method, self.base_url + path, params=query, json=body
+            ) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    raise _error_for(response.status, path, text)
+                if not text:
+                    return None
+                return json.loads(text)
+        except AriError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AriUnavailable(
+                f"ARI {method} {path}: {type(exc).__name__}: {exc}", path=path
+            ) from exc
+
+    # asterisk
+    async def info(self) -> Json:
+        result: Json = await self.request("GET", "/asterisk/info")
+        return result
+
+    async def ping(self) -> Json:
+        result: Json = await self.request("GET", "/asterisk/ping")
+        return result
+
+    # channels
+    async def list_channels(self) -> list[Json]:
+        result: list[Json] = await self.request("GET", "/channels")
+        return result
+
+    async def get_channel(self, channel_id: str) -> Json:
+        result: Json = await self.request("GET", f"/channels/{_p(channel_id)}")
+        return result
+
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{_p(channel_id)}/answer")
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        await self.request("DELETE", f"/channels/{_p(channel_id)}", {"reason": reason})
+
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str, extension: str = "s", priority: int = 1
+    ) -> None:
+        await self.request(
+            "POST",
+            f"/channels/{_p(channel_id)}/continue",
+            {"context": context, "extension": extension, "priority": priority},
+        )
+
+    async def play(self, channel_id: str, playback_id: str, media: Iterable[str]) -> Json:
+        result: Json = await self.request(
+            "POST",
+            f"/channels/{_p(channel_id)}/play/{_p(playback_id)}",
+            {"media": ",".join(media)},
+        )
+        return result
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.request("DELETE", f"/playbacks/{_p(playback_id)}")
+
+    async def get_playback(self, playback_id: str) -> Json:
+        result: Json = await self.request("GET", f"/playbacks/{_p(playback_id)}")
+        return result
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        channel_id: str,
+        app_args: str = "",
+        other_channel_id: str | None = None,
+        caller_id: str | None = None,
+        timeout_s: int = 30,
+        variables: Mapping[str, str] | None = None,
+        originator: str | None = None,
+    ) -> Json:
+        """Originate into our app. Choose the ids yourself and arm any waiter
+        *before* calling: StasisStart can arrive before this returns."""
+        params: dict[str, str | int] = {
+            "endpoint": endpoint,
+            "app": self.app,
+            "appArgs": app_args,
+            "timeout": timeout_s,
+        }
+        if other_channel_id:
+            params["otherChannelId"] = other_channel_id
+        if caller_id:
+            params["callerId"] = caller_id
+        if originator:
+            params["originator"] = originator
+        body = {"variables": dict(variables)} if variables else None
+        result: Json = await self.request("POST", f"/channels/{_p(channel_id)}", params, body)
+        return result
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self.request(
+            "POST", f"/channels/{_p(channel_id)}/variable", {"variable": name, "value": value}
+        )
+
+    async def get_variable(self, channel_id: str, name: str) -> str:
+        result: Json = await self.request(
+            "GET", f"/channels/{_p(channel_id)}/variable", {"variable": name}
+        )
+        return str(result.get("value", ""))
+
+    async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
+        await self.request("POST", f"/channels/{_p(channel_id)}/moh", {"mohClass": moh_class})
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{_p(channel_id)}/moh")
+
+    async def ring(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{_p(channel_id)}/ring")
+
+    async def send_dtmf(self, channel_id: str, digits: str) -> None:
+        await self.request("POST", f"/channels/{_p(channel_id)}/dtmf", {"dtmf": digits})
+
+    async def snoop(
+        self, channel_id: str, snoop_id: str, *, spy: str = "in", app_args: str = ""
+    ) -> Json:
+        result: Json = await self.request(
+            "POST",
+            f"/channels/{_p(channel_id)}/snoop/{_p(snoop_id)}",
+            {"spy": spy, "whisper": "none", "app": self.app, "appArgs": app_args},
+        )
+        return result
+
+    async def record_channel(self, channel_id: str, name: str, *, fmt: str = "wav") -> Json:
+        result: Json = await self.request(
+            "POST",
+            f"/channels/{_p(channel_id)}/record",
+            {
+                "name": name,
+                "format": fmt,
+                "ifExists": "fail",
+                "beep": "false",
+                "terminateOn": "none",
+            },
+        )
+        return result
+
+    # bridges
+    async def create_bridge(self, bridge_id: str, bridge_type: str = "mixing") -> Json:
+        result: Json = await self.request(
+            "POST", f"/bridges/{_p(bridge_id)}", {"type": bridge_type}
+        )
+        return result
+
+    async def add_to_bridge(self, bridge_id: str, channel_ids: Iterable[str]) -> None:
+        # One request for several channels: `channel=a,b`.
+        await self.request(
+            "POST", f"/bridges/{_p(bridge_id)}/addChannel", {"channel": ",".join(channel_ids)}
+        )
+
+    async def remove_from_bridge(self, bridge_id: str, channel_id: str) -> None:
+        await self.request(
+            "POST", f"/bridges/{_p(bridge_id)}/removeChannel", {"channel": channel_id}
+        )
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        await self.request("DELETE", f"/bridges/{_p(bridge_id)}")
+
+    async def list_bridges(self) -> list[Json]:
+        result: list[Json] = await self.request("GET", "/bridges")
+        return result
+
+    async def get_bridge(self, bridge_id: str) -> Json:
+        result: Json = await self.request("GET", f"/bridges/{_p(bridge_id)}")
+        return result
+
+    async def record_bridge(self, bridge_id: str, name: str, *, fmt: str = "wav") -> Json:
+        result: Json = await self.request(
+            "POST",
+            f"/bridges/{_p(bridge_id)}/record",
+            {
+                "name": name,
+                "format": fmt,
+                "ifExists": "fail",
+                "beep": "false",
+                "terminateOn": "none",
+            },
+        )
+        return result
+
+    # recordings
+    async def stop_recording(self, name: str) -> None:
+        await self.request("POST", f"/recordings/live/{_p(name)}/stop")
+
+    async def pause_recording(self, name: str) -> None:
+        await self.request("POST", f"/recordings/live/{_p(name)}/pause")
+
+    async def unpause_recording(self, name: str) -> None:
+        await self.request("DELETE", f"/recordings/live/{_p(name)}/pause")
+
+    async def delete_stored_recording(self, name: str) -> None:
+        await self.request("DELETE", f"/recordings/stored/{_p(name)}")
+
+    # -- events -----------------------------------------------------------------
+
+    def _events_url(self) -> str:
+        ws_base = "ws" + self.base_url[len("http") :]
+        return f"{ws_base}/events?app={quote(self.app)}&subscribeAll=false"
+
+    async def run_events(self) -> None:
+        """Keep the websocket open forever, reconnecting with capped,
+        jittered exponential backoff. Items land on `self.events`."""
+        attempt = 0
+        first = True
+        while not self._closing:
+            try:
+                async with self.session.ws_connect(
+                    self._events_url(),
+                    heartbeat=self._heartbeat,
+                    autoping=True,
+                    max_msg_size=16 * 1024 * 1024,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2),
+                ) as ws:
+                    self._ws = ws
+                    attempt = 0
+                    self.connected.set()
+                    self.events.put_nowait(StreamConnected(reconnect=not first))
+                    first = False
+                    log.info("ARI events connected (app %s)", self.app)
+                    async for message in ws:
+                        if message.type is aiohttp.WSMsgType.TEXT:
+                            try:
+                                self.events.put_nowait(json.loads(message.data))
+                            except ValueError:
+                                log.error("ARI sent a frame that is not JSON: %.200r", message.data)
+                        elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                            break
+                    reason = f"closed by Asterisk (code {ws.close_code})"
+            except aiohttp.WSServerHandshakeError as exc:
+                reason = f"handshake refused: HTTP {exc.status}"
+                if exc.status in (401, 403):
+                    reason += " (check ARI username and password)"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._ws = None
+                self.connected.clear()
+            if self._closing:
+                break
+            delay = self._backoff(attempt)
+            attempt += 1
+            self.events.put_nowait(StreamDisconnected(reason))
+            log.warning("ARI events disconnected: %s; reconnecting in %.2fs", reason, delay)
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter on a capped exponential: fast first retry (calls are
+        # refused while no websocket is connected), no thundering herd.
+        cap = min(self._reconnect_max, 0.05 * (2**attempt))
+        return random.uniform(cap / 2, cap)
+
+
+def _p(segment: str) -> str:
+    return quote(segment, safe="")

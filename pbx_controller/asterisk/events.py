@@ -1,0 +1,101 @@
+"""ARI JSON -> core events, in one place.
+
+Contract: `translate()` either returns a core event, returns None for an
+event the core does not need, or raises `AriEventError`. Never anything
+else, whatever the JSON (a fuzz test holds it to that).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pbx_controller.core import events as e
+
+
+class AriEventError(ValueError):
+    """An ARI event we need but cannot read."""
+
+
+def _str(obj: Any, *path: str) -> str:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            raise AriEventError(f"missing {'.'.join(path)}")
+        obj = obj[key]
+    if not isinstance(obj, str | int):
+        raise AriEventError(f"{'.'.join(path)} is not a string")
+    return str(obj)
+
+
+def _opt(obj: Any, *path: str) -> str:
+    try:
+        return _str(obj, *path)
+    except AriEventError:
+        return ""
+
+
+def translate(event: Any) -> e.Event | None:
+    if not isinstance(event, dict):
+        raise AriEventError(f"event is not an object: {type(event).__name__}")
+    kind = event.get("type")
+    try:
+        if kind == "StasisStart":
+            return _stasis_start(event)
+        if kind == "PlaybackFinished":
+            target = _str(event, "playback", "target_uri")
+            channel_id = target.removeprefix("channel:") if target.startswith("channel:") else ""
+            completed = _opt(event, "playback", "state") == "done"
+            return e.PlaybackFinished(_str(event, "playback", "id"), channel_id, completed)
+        if kind == "ChannelDtmfReceived":
+            duration = event.get("duration_ms", 0)
+            return e.DtmfReceived(
+                _str(event, "channel", "id"),
+                _str(event, "digit"),
+                duration if isinstance(duration, int) else 0,
+            )
+        if kind == "ChannelHangupRequest":
+            cause = event.get("cause", 16)
+            return e.HangupRequested(
+                _str(event, "channel", "id"), cause if isinstance(cause, int) else 16
+            )
+        if kind == "ChannelDestroyed":
+            cause = event.get("cause", 16)
+            return e.ChannelHungUp(
+                _str(event, "channel", "id"),
+                cause if isinstance(cause, int) else 16,
+                _opt(event, "cause_txt"),
+            )
+        if kind == "StasisEnd":
+            # With subscribeAll=false, StasisEnd is the last event of a
+            # channel: ChannelDestroyed does not reach us once it left.
+            return e.ChannelLeftApp(_str(event, "channel", "id"))
+    except ValueError as exc:  # includes AriEventError and core validation
+        raise AriEventError(f"{kind}: {exc}") from exc
+    return None
+
+
+def _stasis_start(event: dict[str, Any]) -> e.Event | None:
+    args = event.get("args")
+    if not isinstance(args, list) or not args:
+        raise AriEventError("StasisStart without app arguments")
+    role = args[0]
+    if role == "inbound":
+        if len(args) < 2 or not isinstance(args[1], str) or not args[1]:
+            raise AriEventError("inbound StasisStart without a DID")
+        channel_id = _str(event, "channel", "id")
+        # The dialplan gives the call its id (PBX_CALL_ID); fall back to the
+        # channel id for channels sent to Stasis by other paths.
+        call_id = _opt(event, "channel", "channelvars", "PBX_CALL_ID") or channel_id
+        return e.CallArrived(
+            call_id=call_id,
+            channel_id=channel_id,
+            did=args[1],
+            caller_number=_opt(event, "channel", "caller", "number"),
+            caller_name=_opt(event, "channel", "caller", "name"),
+        )
+    return None  # legs we originate are tracked by their adapters
+
+
+def stasis_role(event: Any) -> str:
+    """The first app argument of a StasisStart ('' when absent)."""
+    args = event.get("args") if isinstance(event, dict) else None
+    return args[0] if isinstance(args, list) and args and isinstance(args[0], str) else ""

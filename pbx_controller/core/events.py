@@ -1,0 +1,111 @@
+"""Events: what the core is told. Frozen, slotted, validated on construction.
+
+The adapters turn ARI/AGI/timer happenings into these; the time of each
+event is passed beside it to `Engine.handle(event, now)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _require(value: str, name: str) -> None:
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class CallArrived:
+    """A caller's channel entered the app from the dialplan with a DID."""
+
+    call_id: str
+    channel_id: str
+    did: str
+    caller_number: str = ""
+    caller_name: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.call_id, "call_id")
+        _require(self.channel_id, "channel_id")
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackFinished:
+    """A playback ended. `completed` is false when it was cut short (the
+    channel hung up, or the playback was stopped or failed)."""
+
+    playback_id: str
+    channel_id: str
+    completed: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.playback_id, "playback_id")
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    channel_id: str
+    digit: str
+    duration_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.digit) != 1 or self.digit not in "0123456789*#ABCD":
+            raise ValueError(f"not a DTMF digit: {self.digit!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HangupRequested:
+    """Someone asked for this channel to hang up (the caller, usually). It
+    comes before the channel leaves the app, and before any PlaybackFinished
+    that the hang-up cuts short."""
+
+    channel_id: str
+    cause: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHungUp:
+    """The channel is gone (ChannelDestroyed, or found missing on resync)."""
+
+    channel_id: str
+    cause: int = 16
+    cause_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLeftApp:
+    """StasisEnd: the channel left our app (hung up, or sent to the dialplan)."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """The adapter could not carry out an action for this channel.
+
+    `gone` is true when the channel no longer exists (a hang-up race): the
+    flow treats that like a hang-up. Anything else sends the caller to the
+    dialplan fallback so nobody is left in silence.
+    """
+
+    channel_id: str
+    action: str
+    reason: str
+    gone: bool = False
+
+
+Event = (
+    CallArrived
+    | PlaybackFinished
+    | DtmfReceived
+    | HangupRequested
+    | ChannelHungUp
+    | ChannelLeftApp
+    | TimerFired
+    | ActionFailed
+)

@@ -1,0 +1,251 @@
+"""Wiring: the parts of pbx-controller, started in order and stopped in reverse.
+
+    ARI client (REST + event stream) -> dispatcher (ARI JSON -> core events
+    -> engine -> actions -> executor) -> FastAGI server -> AMI client
+
+One queue feeds the dispatcher: ARI events from the websocket reader and
+the executor's own events (timers, failed actions). The dispatcher is the
+only caller of the engine, so the engine needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pbx_controller.asterisk.ari import (
+    AriClient,
+    AriError,
+    ChannelGone,
+    PlaybackGone,
+    StreamConnected,
+    StreamDisconnected,
+)
+from pbx_controller.asterisk.events import AriEventError, translate
+from pbx_controller.asterisk.executor import CdrSink, Executor
+from pbx_controller.config import Settings
+from pbx_controller.core import actions as a
+from pbx_controller.core import events as e
+from pbx_controller.core.cdr import CdrRecord
+from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine
+from pbx_controller.core.model import Directory
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+ORPHAN_GRACE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _OrphanCandidates:
+    """Channels found in our app at start-up, before this run saw them."""
+
+    channel_ids: tuple[str, ...]
+
+
+Observer = Callable[[e.Event, list[a.Action]], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LoggingCdrSink:
+    """Keeps CDRs in memory and logs them (the demo, and until the store is wired)."""
+
+    def __init__(self) -> None:
+        self.records: list[CdrRecord] = []
+
+    async def write(self, cdr: CdrRecord) -> None:
+        self.records.append(cdr)
+        log.info(
+            "CDR %s tenant=%s did=%s disposition=%s",
+            cdr.call_id,
+            cdr.tenant_id,
+            cdr.did,
+            cdr.disposition.value,
+        )
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Directory,
+        cdrs: CdrSink,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.engine = Engine(directory)
+        self.clock = clock
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.ari = AriClient(
+            settings.ari.url,
+            settings.ari.username,
+            settings.ari.password.get_secret_value(),
+            settings.ari.app,
+            heartbeat_s=settings.ari.heartbeat_s,
+            reconnect_max_s=settings.ari.reconnect_max_s,
+            request_timeout_s=settings.ari.request_timeout_s,
+            events=self.inbox,
+        )
+        self.executor = Executor(self.ari, self.feed, cdrs)
+        self.observers: list[Observer] = []
+        self.reconnects = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        # Channels whose StasisStart this run has seen (bounded: only needed
+        # for the orphan sweep right after start-up).
+        self._seen_channels: deque[str] = deque(maxlen=10_000)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    async def start(self, *, connect_timeout_s: float = 10.0) -> None:
+        for bind in self.settings.non_loopback_binds():
+            log.warning("listening off loopback: %s", bind)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.ari.run_events(), name="ari-events"),
+            loop.create_task(self._dispatch(), name="dispatcher"),
+        ]
+        try:
+            async with asyncio.timeout(connect_timeout_s):
+                await self.ari.connected.wait()
+        except TimeoutError:
+            await self.stop()
+            raise AriError(
+                f"ARI at {self.settings.ari.url} did not accept the event "
+                f"websocket within {connect_timeout_s:.0f}s"
+            ) from None
+        log.info("pbx-controller ready: app %s on %s", self.settings.ari.app, self.settings.ari.url)
+
+    async def stop(self) -> None:
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in reversed(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.executor.drain()
+        self.executor.close()
+        await self.ari.close()
+
+    async def __aenter__(self) -> Controller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def feed(self, event: e.Event) -> None:
+        """Queue an event from inside the process (timers, failed actions)."""
+        self.inbox.put_nowait(event)
+
+    async def _dispatch(self) -> None:
+        while True:
+            item = await self.inbox.get()
+            if isinstance(item, StreamConnected):
+                await self._adopt_or_resync(item.reconnect)
+            elif isinstance(item, StreamDisconnected):
+                continue
+            elif isinstance(item, _OrphanCandidates):
+                self._release_orphans(item)
+            elif isinstance(item, dict):
+                self._on_ari_event(item)
+            else:
+                self._handle(item)
+
+    def _on_ari_event(self, raw: dict[str, Any]) -> None:
+        if raw.get("type") == "StasisStart":
+            channel_id = (raw.get("channel") or {}).get("id")
+            if isinstance(channel_id, str):
+                self._seen_channels.append(channel_id)
+        try:
+            event = translate(raw)
+        except AriEventError as exc:
+            log.error("unreadable ARI event: %s", exc)
+            channel_id = (
+                (raw.get("channel") or {}).get("id") if raw.get("type") == "StasisStart" else None
+            )
+            if isinstance(channel_id, str):
+                self.executor.submit([a.ContinueInDialplan(channel_id, FALLBACK_CONTEXT)])
+            return
+        if event is not None:
+            self._handle(event)
+
+    def _handle(self, event: e.Event) -> None:
+        try:
+            actions = self.engine.handle(event, self.clock())
+        except Exception:
+            # The wazo rule: a failing handler hands the caller back to the
+            # dialplan, never leaves them in silence.
+            log.exception("engine failed on %r", event)
+            channel_id = getattr(event, "channel_id", "")
+            actions = [a.ContinueInDialplan(channel_id, FALLBACK_CONTEXT)] if channel_id else []
+        for observer in self.observers:
+            observer(event, actions)
+        self.executor.submit(actions)
+
+    async def _adopt_or_resync(self, reconnect: bool) -> None:
+        """After a reconnect, learn what happened while we were away: calls
+        that hung up and playbacks that finished. On first connect, hand
+        back to the dialplan any channel left in our app by an earlier run
+        (it cannot be resumed safely yet, and must not sit in silence)."""
+        if reconnect:
+            self.reconnects += 1
+        known = set(self.engine.channel_ids())
+        try:
+            for channel_id in list(known):
+                try:
+                    await self.ari.get_channel(channel_id)
+                except ChannelGone:
+                    self._handle(e.ChannelHungUp(channel_id, 16, "gone during reconnect"))
+            for playback_id in self.engine.playback_ids():
+                try:
+                    await self.ari.get_playback(playback_id)
+                except PlaybackGone:
+                    self._handle(e.PlaybackFinished(playback_id, ""))
+            if not reconnect:
+                listed = [c["id"] for c in await self.ari.list_channels() if self._in_our_app(c)]
+                # A call that entered the app just now has its StasisStart
+                # queued behind us: decide after it had time to be handled.
+                asyncio.get_running_loop().call_later(
+                    ORPHAN_GRACE_S, self.inbox.put_nowait, _OrphanCandidates(tuple(listed))
+                )
+        except AriError as exc:
+            log.error("resync after connect failed: %s", exc)
+
+    def _release_orphans(self, candidates: _OrphanCandidates) -> None:
+        for channel_id in candidates.channel_ids:
+            if channel_id in self._seen_channels:
+                continue
+            log.warning(
+                "channel %s was left in the app by an earlier run; sending it to the fallback",
+                channel_id,
+            )
+            self.executor.submit([a.ContinueInDialplan(channel_id, FALLBACK_CONTEXT)])
+
+    def _in_our_app(self, channel: dict[str, Any]) -> bool:
+        dialplan = channel.get("dialplan") or {}
+        data = str(dialplan.get("app_data", ""))
+        return dialplan.get("app_name") == "Stasis" and data.split(",", 1)[0] == self.ari.app
+
+
+async def serve(settings: Settings, directory: Directory, cdrs: CdrSink) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in reverse order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Controller(settings, directory, cdrs):
+        await stop.wait()
+        log.info("shutting down")
