@@ -13,6 +13,7 @@ scripts, before and after any event loop.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -242,7 +243,7 @@ class SandboxAsterisk:
                     f"see {self.host('log/console.log')}"
                 )
             try:
-                with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -268,10 +269,8 @@ class SandboxAsterisk:
         if self.process is None:
             return
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 self.cli("core stop now", timeout=5)
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
