@@ -28,7 +28,7 @@ from pbx_controller.asterisk.ari import (
     StreamConnected,
     StreamDisconnected,
 )
-from pbx_controller.asterisk.events import AriEventError, translate
+from pbx_controller.asterisk.events import AriEventError, adopted_call, translate
 from pbx_controller.asterisk.executor import CdrSink, Executor
 from pbx_controller.config import Settings
 from pbx_controller.core import actions as a
@@ -47,7 +47,7 @@ ORPHAN_GRACE_S = 0.5
 class _OrphanCandidates:
     """Channels found in our app at start-up, before this run saw them."""
 
-    channel_ids: tuple[str, ...]
+    channels: tuple[dict[str, Any], ...]
 
 
 Observer = Callable[[e.Event, list[a.Action]], None]
@@ -208,14 +208,16 @@ class Controller:
                 try:
                     await self.ari.get_channel(channel_id)
                 except ChannelGone:
-                    self._handle(e.ChannelHungUp(channel_id, 16, "gone during reconnect"))
+                    self._handle(
+                        e.ChannelHungUp(channel_id, 16, "gone during reconnect", lost=True)
+                    )
             for playback_id in self.engine.playback_ids():
                 try:
                     await self.ari.get_playback(playback_id)
                 except PlaybackGone:
                     self._handle(e.PlaybackFinished(playback_id, ""))
             if not reconnect:
-                listed = [c["id"] for c in await self.ari.list_channels() if self._in_our_app(c)]
+                listed = [c for c in await self.ari.list_channels() if self._in_our_app(c)]
                 # A call that entered the app just now has its StasisStart
                 # queued behind us: decide after it had time to be handled.
                 asyncio.get_running_loop().call_later(
@@ -225,14 +227,22 @@ class Controller:
             log.error("resync after connect failed: %s", exc)
 
     def _release_orphans(self, candidates: _OrphanCandidates) -> None:
-        for channel_id in candidates.channel_ids:
-            if channel_id in self._seen_channels:
+        for channel in candidates.channels:
+            if channel["id"] in self._seen_channels:
                 continue
             log.warning(
-                "channel %s was left in the app by an earlier run; sending it to the fallback",
-                channel_id,
+                "channel %s was left in the app by an earlier run; adopting it", channel["id"]
             )
-            self.executor.submit([a.ContinueInDialplan(channel_id, FALLBACK_CONTEXT)])
+            try:
+                event = adopted_call(channel)
+            except AriEventError as exc:
+                log.error(
+                    "cannot adopt channel %s (%s); sending it to the fallback", channel["id"], exc
+                )
+                self.executor.submit([a.ContinueInDialplan(channel["id"], FALLBACK_CONTEXT)])
+                continue
+            self._seen_channels.append(channel["id"])
+            self._handle(event)
 
     def _in_our_app(self, channel: dict[str, Any]) -> bool:
         dialplan = channel.get("dialplan") or {}

@@ -7,6 +7,7 @@ else, whatever the JSON (a fuzz test holds it to that).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pbx_controller.core import events as e
@@ -99,3 +100,23 @@ def stasis_role(event: Any) -> str:
     """The first app argument of a StasisStart ('' when absent)."""
     args = event.get("args") if isinstance(event, dict) else None
     return args[0] if isinstance(args, list) and args and isinstance(args[0], str) else ""
+
+
+def adopted_call(channel: Any) -> e.CallAdopted:
+    """A channel found in our app at start-up (from `GET /channels`), as a
+    core event. Its DID is the Stasis() argument the dialplan gave it."""
+    data = _str(channel, "dialplan", "app_data").split(",")
+    if len(data) < 3 or data[1] != "inbound" or not data[2]:
+        raise AriEventError(f"not an inbound call: Stasis({','.join(data)})")
+    channel_id = _str(channel, "id")
+    try:
+        arrived_at = datetime.strptime(_str(channel, "creationtime"), "%Y-%m-%dT%H:%M:%S.%f%z")
+        return e.CallAdopted(
+            call_id=_opt(channel, "channelvars", "PBX_CALL_ID") or channel_id,
+            channel_id=channel_id,
+            did=data[2],
+            arrived_at=arrived_at.astimezone(UTC),
+            caller_number=_opt(channel, "caller", "number"),
+        )
+    except ValueError as exc:
+        raise AriEventError(f"channel {channel_id}: {exc}") from exc

@@ -29,6 +29,8 @@ CALL_TRANSITIONS: TransitionTable[CallState] = TransitionTable(
     {
         # Known DID: answer and greet. Unknown DID: back to the dialplan's message.
         (S.NEW, "CallArrived"): frozenset({S.GREETING, S.ENDING}),
+        # Left behind by a killed run: hand it to the dialplan fallback.
+        (S.NEW, "CallAdopted"): frozenset({S.ENDING}),
         (S.GREETING, "PlaybackFinished"): frozenset({S.GREETING, S.ENDING}),
         (S.GREETING, "ActionFailed"): frozenset({S.ENDING}),
         (S.GREETING, "ChannelHungUp"): frozenset({S.ENDED}),

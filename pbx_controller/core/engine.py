@@ -41,6 +41,8 @@ class Engine:
             raise ValueError("now must be timezone-aware")
         if isinstance(event, e.CallArrived):
             return self._arrived(event, now)
+        if isinstance(event, e.CallAdopted):
+            return self._adopted(event)
         call = self._call_for(event)
         if call is None:
             return []  # not ours, or a late event of a finished call
@@ -56,7 +58,7 @@ class Engine:
             case e.ActionFailed():
                 return self._action_failed(call, event)
             case e.ChannelHungUp() | e.ChannelLeftApp():
-                return self._ended(call, name, now)
+                return self._ended(call, event, now)
             case _:
                 return []
 
@@ -85,6 +87,21 @@ class Engine:
         self._move(call, "CallArrived", CallState.GREETING)
         return [a.Answer(call.channel_id), self._play(call, tenant.greeting)]
 
+    def _adopted(self, event: e.CallAdopted) -> list[a.Action]:
+        if event.call_id in self.calls or event.channel_id in self._by_channel:
+            raise DuplicateCall(f"call {event.call_id} on {event.channel_id} already tracked")
+        call = Call(
+            event.call_id, event.channel_id, event.did, event.caller_number, event.arrived_at
+        )
+        tenant = self.directory.tenant_for_did(event.did)
+        call.tenant_id = tenant.id if tenant else None
+        call.disposition = Disposition.FAILED if tenant else Disposition.UNKNOWN_DID
+        call.hangup_side = HangupSide.SYSTEM
+        self.calls[call.call_id] = call
+        self._by_channel[call.channel_id] = call.call_id
+        self._move(call, "CallAdopted", CallState.ENDING)
+        return [a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
+
     def _playback_finished(self, call: Call, event: e.PlaybackFinished) -> list[a.Action]:
         self._by_playback.pop(event.playback_id, None)
         if call.state is CallState.GREETING and event.completed:
@@ -112,11 +129,18 @@ class Engine:
         # Never leave a caller in silence: the dialplan has a fallback.
         return [a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
 
-    def _ended(self, call: Call, name: str, now: datetime) -> list[a.Action]:
+    def _ended(
+        self, call: Call, event: e.ChannelHungUp | e.ChannelLeftApp, now: datetime
+    ) -> list[a.Action]:
         if call.state is CallState.GREETING:
-            call.disposition = Disposition.ABANDONED
-            call.hangup_side = HangupSide.CALLER
-        self._move(call, name, CallState.ENDED)
+            if isinstance(event, e.ChannelHungUp) and event.lost:
+                # Vanished unseen (Asterisk restarted): nobody hung up on purpose.
+                call.disposition = Disposition.FAILED
+                call.hangup_side = HangupSide.SYSTEM
+            else:
+                call.disposition = Disposition.ABANDONED
+                call.hangup_side = HangupSide.CALLER
+        self._move(call, type(event).__name__, CallState.ENDED)
         call.ended_at = now
         self._forget(call)
         return [a.EmitCdr(self._cdr(call, now))]

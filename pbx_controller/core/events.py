@@ -7,6 +7,7 @@ event is passed beside it to `Engine.handle(event, now)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 def _require(value: str, name: str) -> None:
@@ -65,11 +66,32 @@ class HangupRequested:
 
 @dataclass(frozen=True, slots=True)
 class ChannelHungUp:
-    """The channel is gone (ChannelDestroyed, or found missing on resync)."""
+    """The channel is gone. `lost` is true when it vanished while we were
+    not watching (found missing on a resync, e.g. after Asterisk restarted):
+    nobody can say who hung up, so the call counts as failed."""
 
     channel_id: str
     cause: int = 16
     cause_text: str = ""
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallAdopted:
+    """A caller found in our app at start-up, left there by an earlier run of
+    the controller (killed mid-call). Its id and arrival come from Asterisk."""
+
+    call_id: str
+    channel_id: str
+    did: str
+    arrived_at: datetime
+    caller_number: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.call_id, "call_id")
+        _require(self.channel_id, "channel_id")
+        if self.arrived_at.utcoffset() is None:
+            raise ValueError("arrived_at must be timezone-aware")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +123,7 @@ class ActionFailed:
 
 Event = (
     CallArrived
+    | CallAdopted
     | PlaybackFinished
     | DtmfReceived
     | HangupRequested

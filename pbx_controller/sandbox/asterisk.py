@@ -278,8 +278,13 @@ class SandboxAsterisk:
                 self.process.wait(timeout=5)
         self.process = None
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop and start again on the same ports and credentials."""
+    def restart(self, timeout: float = 30.0, *, crash: bool = False) -> None:
+        """Stop (or, with `crash`, SIGKILL) and start again on the same ports
+        and credentials."""
+        if crash and self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
         self.stop()
         self.start(timeout)
 
