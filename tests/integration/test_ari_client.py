@@ -1,0 +1,105 @@
+"""Our ARI client against the real Asterisk: bridging two channels, typed
+errors, and the event stream's reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pbx_controller.asterisk.ari import (
+    AriAuthError,
+    AriBadRequest,
+    AriClient,
+    AriUnavailable,
+    BridgeGone,
+    ChannelGone,
+    StreamConnected,
+)
+from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
+
+pytestmark = pytest.mark.asterisk
+
+
+@pytest.fixture
+async def ari(asterisk: SandboxAsterisk) -> AsyncIterator[AriClient]:
+    e = asterisk.endpoints
+    # Its own app name: this test's events never reach another test's client.
+    client = AriClient(e.ari_url, e.ari_username, e.ari_password, f"test-{uuid.uuid4().hex[:8]}")
+    reader = asyncio.create_task(client.run_events())
+    async with asyncio.timeout(10):
+        assert isinstance(await client.events.get(), StreamConnected)
+    yield client
+    reader.cancel()
+    await client.close()
+
+
+async def next_event(client: AriClient, kind: str, **match: str) -> dict:
+    async with asyncio.timeout(10):
+        while True:
+            item = await client.events.get()
+            if not isinstance(item, dict) or item.get("type") != kind:
+                continue
+            channel = item.get("channel", {})
+            if all(channel.get(k) == v for k, v in match.items()):
+                return item
+
+
+async def test_two_channels_are_bridged(ari: AriClient) -> None:
+    a_id, b_id, bridge_id = (f"t-{uuid.uuid4()}" for _ in range(3))
+    # Echo() answers the far end of each Local pair, so our halves come up.
+    for channel_id in (a_id, b_id):
+        await ari.originate("Local/echo@pbx-test", channel_id=channel_id, app_args="leg")
+    await next_event(ari, "StasisStart", id=a_id)
+    await next_event(ari, "StasisStart", id=b_id)
+
+    await ari.create_bridge(bridge_id)
+    await ari.add_to_bridge(bridge_id, [a_id, b_id])  # one request: channel=a,b
+    entered = {(await next_event(ari, "ChannelEnteredBridge"))["channel"]["id"] for _ in range(2)}
+    assert entered == {a_id, b_id}
+    bridge = await ari.get_bridge(bridge_id)
+    assert sorted(bridge["channels"]) == sorted([a_id, b_id])
+    assert bridge["bridge_type"] == "mixing"
+
+    await ari.hangup(a_id)
+    await ari.hangup(b_id)
+    await ari.destroy_bridge(bridge_id)
+    with pytest.raises(BridgeGone):
+        await ari.get_bridge(bridge_id)
+
+
+async def test_typed_errors(ari: AriClient, asterisk: SandboxAsterisk) -> None:
+    with pytest.raises(ChannelGone):
+        await ari.hangup("no-such-channel")
+    with pytest.raises(AriBadRequest):
+        await ari.request("POST", "/channels", {"app": ari.app})  # no endpoint
+
+    e = asterisk.endpoints
+    async with AriClient(e.ari_url, e.ari_username, "wrong-password", "x") as wrong:
+        with pytest.raises(AriAuthError) as info:
+            await wrong.info()
+    assert "wrong-password" not in str(info.value)
+
+    async with AriClient(f"http://127.0.0.1:{free_port()}/ari", "u", "p", "x") as nobody:
+        with pytest.raises(AriUnavailable):
+            await nobody.ping()
+
+
+async def test_event_stream_reconnects_after_server_side_close(
+    ari: AriClient, asterisk: SandboxAsterisk
+) -> None:
+    await asyncio.to_thread(asterisk.cli, "ari shutdown websocket sessions")
+    async with asyncio.timeout(10):
+        while True:
+            item = await ari.events.get()
+            if isinstance(item, StreamConnected):
+                break
+    assert item.reconnect is True
+    # Still subscribed: a new channel into the app is seen.
+    channel_id = f"t-{uuid.uuid4()}"
+    await ari.originate("Local/echo@pbx-test", channel_id=channel_id)
+    started = await next_event(ari, "StasisStart", id=channel_id)
+    assert started["application"] == ari.app
+    await ari.hangup(channel_id)
