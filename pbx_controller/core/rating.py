@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 from pbx_controller.core.contract import Basis, Contract, Direction, Increment, Rate, add_months
 
 __all__ = [
+    "DECIMAL_CONTEXT",
     "CallCharge",
     "CallForRating",
     "CallOrderError",
@@ -78,6 +79,8 @@ _MS_PER_SECOND: Final = 1000
 _SECONDS_PER_MINUTE: Final = 60
 _MS_PER_HOUR: Final = 3_600_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ZERO: Final = Fraction(0)
+_NO_PRICE: Final = Decimal(0)  # trial and included minutes: printed as "0"
 
 
 # -- errors -----------------------------------------------------------------
@@ -507,7 +510,7 @@ class Invoice:
 
     def line(self, code: LineCode) -> InvoiceLine | None:
         """The line with `code` (for adjustments, the first one), if any."""
-        return next((line for line in self.lines if line.code is code), None)
+        return next((line for line in self.lines if line.code == code), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,9 +525,16 @@ class CallCharge:
     billed_seconds: int  # after the increment
     included_seconds: Fraction  # taken from the allowance (may be fractional)
     charged_seconds: Fraction  # priced at per_minute
+    per_minute: Decimal  # the price of charged seconds (0 on a trial day)
+    connect_fee: Decimal | None  # the connect fee this call paid, if any
     codes: tuple[LineCode, ...]  # invoice lines this call contributed to
-    exact_amount: Fraction  # minutes at per_minute plus any connect fee
     late: bool = False  # billed on adjustments lines of a later period
+
+    @property
+    def exact_amount(self) -> Fraction:
+        """Charged minutes at per_minute plus the connect fee, unrounded."""
+        amount = self.charged_seconds / _SECONDS_PER_MINUTE * Fraction(self.per_minute)
+        return amount + Fraction(self.connect_fee or 0)
 
     @property
     def amount(self) -> Decimal:
@@ -590,7 +600,10 @@ class PeriodRater:
         self._allowance_left = self._allowance
         self._trial_seconds = 0
         self._included_seconds = Fraction(0)
-        self._charged_seconds = dict.fromkeys(Direction, Fraction(0))
+        # Charged seconds: whole ones as ints, plus the fractional remainder
+        # of the call that exhausted a prorated allowance.
+        self._charged_whole = dict.fromkeys(Direction, 0)
+        self._charged_part = dict.fromkeys(Direction, _ZERO)
         self._connects = dict.fromkeys(Direction, 0)
         self._readiness_ms = Fraction(0)  # sum of ms * share
         self._last_key: tuple[datetime, str] | None = None
@@ -660,26 +673,31 @@ class PeriodRater:
             )
         self._last_key = key
 
-        included = charged = Fraction(0)
+        included = charged = _ZERO
+        connect_fee = None
         codes: list[LineCode] = []
-        amount = Fraction(0)
         if kind is DayKind.TRIAL:
             self._trial_seconds += seconds  # free, uses no allowance (rule 7)
             codes.append(LineCode.TRIAL_CALLS)
         elif kind is DayKind.PAID:
-            included = min(Fraction(seconds), self._allowance_left)
-            charged = seconds - included
-            self._allowance_left -= included
-            self._included_seconds += included
-            self._charged_seconds[call.direction] += charged
-            amount = charged / _SECONDS_PER_MINUTE * Fraction(rate.per_minute)
-            if included:
-                codes.append(LineCode.INCLUDED_MINUTES)
+            if self._allowance_left:
+                included = min(Fraction(seconds), self._allowance_left)
+                charged = seconds - included  # fractional once: at the split
+                self._allowance_left -= included
+                self._included_seconds += included
+                self._charged_part[call.direction] += charged
+                if included:
+                    codes.append(LineCode.INCLUDED_MINUTES)
+            else:
+                # The common case once the allowance is gone: whole seconds,
+                # summed as ints (a million Fraction additions are slow).
+                charged = Fraction(seconds)
+                self._charged_whole[call.direction] += seconds
             if charged:
                 codes.append(_MINUTES_CODE[call.direction])
             if rate.connect_fee is not None:
+                connect_fee = rate.connect_fee
                 self._connects[call.direction] += 1
-                amount += Fraction(rate.connect_fee)
                 codes.append(_CONNECT_CODE[call.direction])
         # DayKind.OUTSIDE_SERVICE: no contract covers the day; nothing is billed.
         return CallCharge(
@@ -691,8 +709,9 @@ class PeriodRater:
             billed_seconds=seconds,
             included_seconds=included,
             charged_seconds=charged,
+            per_minute=rate.per_minute if kind is DayKind.PAID else _NO_PRICE,
+            connect_fee=connect_fee,
             codes=tuple(codes),
-            exact_amount=amount,
         )
 
     def add_late_call(self, call: CallForRating) -> CallCharge | None:
@@ -717,15 +736,14 @@ class PeriodRater:
         self._late_ids.add(call.call_id)
         minutes = Fraction(seconds, _SECONDS_PER_MINUTE)
         lines: list[InvoiceLine] = []
-        amount = Fraction(0)
+        connect_fee = None
         if kind is DayKind.TRIAL:
-            lines.append(self._adjustment(minutes, Unit.MINUTE, Decimal(0), call))
+            lines.append(self._adjustment(minutes, Unit.MINUTE, _NO_PRICE, call))
         elif kind is DayKind.PAID:
             lines.append(self._adjustment(minutes, Unit.MINUTE, rate.per_minute, call))
-            amount = minutes * Fraction(rate.per_minute)
             if rate.connect_fee is not None:
-                lines.append(self._adjustment(Fraction(1), Unit.CALL, rate.connect_fee, call))
-                amount += Fraction(rate.connect_fee)
+                connect_fee = rate.connect_fee
+                lines.append(self._adjustment(Fraction(1), Unit.CALL, connect_fee, call))
         lines = [line for line in lines if line.exact_quantity]
         self._late.append(((start, call.call_id), lines))
         return CallCharge(
@@ -735,10 +753,11 @@ class PeriodRater:
             day=day,
             day_kind=kind,
             billed_seconds=seconds,
-            included_seconds=Fraction(0),
-            charged_seconds=Fraction(seconds) if kind is DayKind.PAID else Fraction(0),
+            included_seconds=_ZERO,
+            charged_seconds=Fraction(seconds) if kind is DayKind.PAID else _ZERO,
+            per_minute=rate.per_minute if kind is DayKind.PAID else _NO_PRICE,
+            connect_fee=connect_fee,
             codes=(LineCode.ADJUSTMENTS,) if lines else (),
-            exact_amount=amount,
             late=True,
         )
 
@@ -771,12 +790,12 @@ class PeriodRater:
                 lines.append(InvoiceLine.priced(code, quantity, unit, price))
 
         minute = Fraction(1, _SECONDS_PER_MINUTE)
-        add(LineCode.TRIAL_CALLS, self._trial_seconds * minute, Unit.MINUTE, Decimal(0))
-        add(LineCode.INCLUDED_MINUTES, self._included_seconds * minute, Unit.MINUTE, Decimal(0))
+        add(LineCode.TRIAL_CALLS, self._trial_seconds * minute, Unit.MINUTE, _NO_PRICE)
+        add(LineCode.INCLUDED_MINUTES, self._included_seconds * minute, Unit.MINUTE, _NO_PRICE)
         for direction in Direction:
             rate = contract.rates.get(direction)
             if rate is not None:
-                seconds = self._charged_seconds[direction]
+                seconds = self._charged_whole[direction] + self._charged_part[direction]
                 add(_MINUTES_CODE[direction], seconds * minute, Unit.MINUTE, rate.per_minute)
         for direction in Direction:
             rate = contract.rates.get(direction)
