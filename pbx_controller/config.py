@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -119,15 +124,30 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(
-            describe_validation_error(exc, source=str(path or "environment"))
-        ) from None
+        raise ConfigError(describe_validation_error(exc, file=path)) from None
+    except SettingsError as exc:
+        # e.g. a whole section given as malformed JSON in one variable; the
+        # message names the variable, not its value.
+        raise ConfigError(f"invalid settings in environment: {exc}") from None
 
 
-def describe_validation_error(exc: ValidationError, *, source: str) -> str:
-    problems = []
+def _from_environment(loc: tuple[str | int, ...]) -> bool:
+    """Whether the value at `loc` came from a PBX_ variable (the env wins)."""
+    names = [str(part).upper() for part in loc]
+    return any(f"PBX_{'__'.join(names[:n])}" in os.environ for n in range(1, len(names) + 1))
+
+
+def describe_validation_error(
+    exc: ValidationError, *, file: str | os.PathLike[str] | None = None
+) -> str:
+    """One line per source, each problem as `key: what is wrong`. The
+    offending value is never echoed: it may be a secret."""
+    by_source: dict[str, list[str]] = {}
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        # Never echo the offending value: it may be a secret.
-        problems.append(f"{key}: {error['msg']}")
-    return f"invalid settings in {source}: " + "; ".join(problems)
+        source = "environment" if file is None or _from_environment(error["loc"]) else str(file)
+        by_source.setdefault(source, []).append(f"{key}: {error['msg']}")
+    return "; ".join(
+        f"invalid settings in {source}: " + "; ".join(problems)
+        for source, problems in by_source.items()
+    )

@@ -100,42 +100,80 @@ class Controller:
         self.executor = Executor(self.ari, self.feed, cdrs)
         self.observers: list[Observer] = []
         self.reconnects = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        # More parts (the FastAGI server, the AMI client, the HTTP API) start
+        # after ARI is connected, in this order, and stop in reverse.
+        self.parts: list[
+            Callable[[Controller], contextlib.AbstractAsyncContextManager[object]]
+        ] = []
         # Channels whose StasisStart this run has seen (bounded: only needed
         # for the orphan sweep right after start-up).
         self._seen_channels: deque[str] = deque(maxlen=10_000)
 
     # -- life cycle -----------------------------------------------------------------
 
-    async def start(self, *, connect_timeout_s: float = 10.0) -> None:
+    async def run(
+        self, ready: asyncio.Event | None = None, *, connect_timeout_s: float = 10.0
+    ) -> None:
+        """Run until cancelled. The parts start in order under one TaskGroup;
+        on cancellation the exit stack closes them in reverse order."""
         for bind in self.settings.non_loopback_binds():
             log.warning("listening off loopback: %s", bind)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self.ari.run_events(), name="ari-events"),
-            loop.create_task(self._dispatch(), name="dispatcher"),
-        ]
-        try:
-            async with asyncio.timeout(connect_timeout_s):
-                await self.ari.connected.wait()
-        except TimeoutError:
-            await self.stop()
-            raise AriError(
-                f"ARI at {self.settings.ari.url} did not accept the event "
-                f"websocket within {connect_timeout_s:.0f}s"
-            ) from None
-        log.info("pbx-controller ready: app %s on %s", self.settings.ari.app, self.settings.ari.url)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.ari.close)
+            stack.push_async_callback(self._finish_actions)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.ari.run_events(), name="ari-events")
+                group.create_task(self._dispatch(), name="dispatcher")
+                try:
+                    async with asyncio.timeout(connect_timeout_s):
+                        await self.ari.connected.wait()
+                except TimeoutError:
+                    raise AriError(
+                        f"ARI at {self.settings.ari.url} did not accept the event "
+                        f"websocket within {connect_timeout_s:.0f}s"
+                    ) from None
+                for part in self.parts:
+                    await stack.enter_async_context(part(self))
+                log.info(
+                    "pbx-controller ready: app %s on %s",
+                    self.settings.ari.app,
+                    self.settings.ari.url,
+                )
+                if ready is not None:
+                    ready.set()
+                await asyncio.Event().wait()  # until cancelled
+
+    async def _finish_actions(self) -> None:
+        # Requests already on their way (a Hangup, a CDR write) are finished,
+        # within reason; timers die with the process.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.executor.drain()
+        self.executor.close()
+
+    async def start(self) -> None:
+        """Run in the background (tests, the demo); returns once ready."""
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self.run(ready), name="controller")
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiter.cancel()
+            await self._task  # raises what made start-up fail
 
     async def stop(self) -> None:
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in reversed(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        await self.executor.drain()
-        self.executor.close()
-        await self.ari.close()
+        if self._task is not None:
+            await self.stop_task(self._task)
+            self._task = None
+
+    @staticmethod
+    async def stop_task(task: asyncio.Task[None]) -> None:
+        """Cancel a running `run()` and wait for its orderly shutdown; a
+        failure that ended it early is raised here."""
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def __aenter__(self) -> Controller:
         await self.start()
@@ -165,18 +203,16 @@ class Controller:
                 self._handle(item)
 
     def _on_ari_event(self, raw: dict[str, Any]) -> None:
-        if raw.get("type") == "StasisStart":
-            channel_id = (raw.get("channel") or {}).get("id")
-            if isinstance(channel_id, str):
-                self._seen_channels.append(channel_id)
+        channel = raw.get("channel")
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
+        if raw.get("type") == "StasisStart" and isinstance(channel_id, str):
+            self._seen_channels.append(channel_id)
         try:
             event = translate(raw)
         except AriEventError as exc:
             log.error("unreadable ARI event: %s", exc)
-            channel_id = (
-                (raw.get("channel") or {}).get("id") if raw.get("type") == "StasisStart" else None
-            )
-            if isinstance(channel_id, str):
+            # A caller we cannot read goes to the fallback, not into silence.
+            if raw.get("type") == "StasisStart" and isinstance(channel_id, str):
                 self.executor.submit([a.ContinueInDialplan(channel_id, FALLBACK_CONTEXT)])
             return
         if event is not None:
@@ -256,6 +292,11 @@ async def serve(settings: Settings, directory: Directory, cdrs: CdrSink) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Controller(settings, directory, cdrs):
-        await stop.wait()
+    controller = Controller(settings, directory, cdrs)
+    run = asyncio.create_task(controller.run(), name="controller")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
         log.info("shutting down")
+    await controller.stop_task(run)
+    stopping.cancel()

@@ -16,7 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "asterisk_conf"
 DIALPLAN_DIR = REPO_ROOT / "dialplan"
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
+# Anything between double braces is a placeholder; a name that is not
+# lower_snake_case is an error rather than text passed to Asterisk.
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 class ConfTemplateError(ValueError):
@@ -25,10 +28,16 @@ class ConfTemplateError(ValueError):
 
 def render_text(text: str, values: Mapping[str, str], *, source: str) -> str:
     def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
+        name = match.group(1).strip()
+        if not _NAME.fullmatch(name):
+            raise ConfTemplateError(f"{source}: malformed placeholder {match.group(0)!r}")
         if name not in values:
             raise ConfTemplateError(f"{source}: no value for placeholder {{{{ {name} }}}}")
-        return str(values[name])
+        value = str(values[name])
+        if "\n" in value or "\r" in value:
+            # A value with a line break could inject configuration sections.
+            raise ConfTemplateError(f"{source}: the value for {{{{ {name} }}}} has a line break")
+        return value
 
     return _PLACEHOLDER.sub(substitute, text)
 
@@ -37,7 +46,7 @@ def placeholders() -> set[str]:
     """Every placeholder name the shipped templates use."""
     names: set[str] = set()
     for path in template_files():
-        names.update(_PLACEHOLDER.findall(path.read_text()))
+        names.update(m.strip() for m in _PLACEHOLDER.findall(path.read_text()))
     return names
 
 

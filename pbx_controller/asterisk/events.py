@@ -118,5 +118,5 @@ def adopted_call(channel: Any) -> e.CallAdopted:
             arrived_at=arrived_at.astimezone(UTC),
             caller_number=_opt(channel, "caller", "number"),
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise AriEventError(f"channel {channel_id}: {exc}") from exc

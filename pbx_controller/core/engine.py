@@ -104,12 +104,17 @@ class Engine:
 
     def _playback_finished(self, call: Call, event: e.PlaybackFinished) -> list[a.Action]:
         self._by_playback.pop(event.playback_id, None)
-        if call.state is CallState.GREETING and event.completed:
+        if call.state is not CallState.GREETING:
+            return self._move(call, "PlaybackFinished", call.state)
+        call.hangup_side = HangupSide.SYSTEM
+        self._move(call, "PlaybackFinished", CallState.ENDING)
+        if event.completed:
             call.disposition = Disposition.SERVED
-            call.hangup_side = HangupSide.SYSTEM
-            self._move(call, "PlaybackFinished", CallState.ENDING)
             return [a.Hangup(call.channel_id)]
-        return self._move(call, "PlaybackFinished", call.state)
+        # The greeting failed or was stopped with the caller still there (a
+        # hang-up would have come first): never leave them in silence.
+        call.disposition = Disposition.FAILED
+        return [a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
 
     def _hangup_requested(self, call: Call) -> list[a.Action]:
         if call.state is CallState.GREETING:
@@ -121,11 +126,14 @@ class Engine:
     def _action_failed(self, call: Call, event: e.ActionFailed) -> list[a.Action]:
         if call.state is CallState.ENDING:
             return self._move(call, "ActionFailed", CallState.ENDING)
-        call.disposition = Disposition.FAILED
-        call.hangup_side = HangupSide.SYSTEM
         self._move(call, "ActionFailed", CallState.ENDING)
         if event.gone:
-            return []  # the hang-up event follows
+            # The channel vanished under our request: the caller hung up.
+            call.disposition = Disposition.ABANDONED
+            call.hangup_side = HangupSide.CALLER
+            return []  # the end of the channel follows
+        call.disposition = Disposition.FAILED
+        call.hangup_side = HangupSide.SYSTEM
         # Never leave a caller in silence: the dialplan has a fallback.
         return [a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
 
@@ -141,9 +149,12 @@ class Engine:
                 call.disposition = Disposition.ABANDONED
                 call.hangup_side = HangupSide.CALLER
         self._move(call, type(event).__name__, CallState.ENDED)
-        call.ended_at = now
+        # Clocks can step back, and an adopted call's arrival is Asterisk's
+        # clock: never let that cost the CDR.
+        call.ended_at = max(now, call.arrived_at)
+        cdr = self._cdr(call, call.ended_at)
         self._forget(call)
-        return [a.EmitCdr(self._cdr(call, now))]
+        return [a.EmitCdr(cdr)]
 
     # -- helpers -----------------------------------------------------------------------
 

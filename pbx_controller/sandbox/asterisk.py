@@ -206,7 +206,7 @@ class SandboxAsterisk:
             "ami_username": e.ami_username,
             "ami_password": e.ami_password,
         }
-        for sub in ("lib", "spool/recording", "spool/tmp", "run", "log", "cache"):
+        for sub in ("lib", "spool/recording", "spool/tmp", "run", "log/cdr-csv", "cache"):
             self.host(sub).mkdir(parents=True, exist_ok=True)
         render_all(values, self.host("etc"))
 
