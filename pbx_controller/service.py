@@ -15,11 +15,12 @@ import contextlib
 import logging
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pbx_controller.asterisk.ami import AmiClient
 from pbx_controller.asterisk.ari import (
     AriClient,
     AriError,
@@ -40,6 +41,7 @@ from pbx_controller.core.model import Directory
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Part = Callable[["Controller"], contextlib.AbstractAsyncContextManager[object]]
 ORPHAN_GRACE_S = 0.5
 
 
@@ -82,6 +84,7 @@ class Controller:
         cdrs: CdrSink,
         *,
         clock: Clock = utc_now,
+        parts: Sequence[Part] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = Engine(directory)
@@ -101,11 +104,14 @@ class Controller:
         self.observers: list[Observer] = []
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
-        # More parts (the FastAGI server, the AMI client, the HTTP API) start
-        # after ARI is connected, in this order, and stop in reverse.
-        self.parts: list[
-            Callable[[Controller], contextlib.AbstractAsyncContextManager[object]]
-        ] = []
+        # More parts (the FastAGI server, the AMI client) start after ARI is
+        # connected, in this order, and stop in reverse.
+        if parts is None:
+            from pbx_controller.parts import DEFAULT_PARTS
+
+            parts = DEFAULT_PARTS
+        self.parts: list[Part] = list(parts)
+        self.ami: AmiClient | None = None
         # Channels whose StasisStart this run has seen (bounded: only needed
         # for the orphan sweep right after start-up).
         self._seen_channels: deque[str] = deque(maxlen=10_000)

@@ -163,12 +163,9 @@ async def test_did_lookup_sets_pbx_tenant_seen_by_the_dialplan(
     did = new_did()
     directory.tenants[did] = "acme"
     events = ChannelEvents(ami, did, "pbx-lookup")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     async with asyncio.timeout(10):
         await originate(ami, did, "pbx-lookup")
         tenant = await events.wait_for(var_set("PBX_TENANT"))
-        answered = loop.time() - started
         # The dialplan went on after AGI() and read the variable we set.
         verbose = await events.wait_for(
             lambda e: e.event == "Newexten" and e.application == "Verbose"
@@ -180,7 +177,6 @@ async def test_did_lookup_sets_pbx_tenant_seen_by_the_dialplan(
     assert events.named("VarSet", Variable="AGISTATUS")[0].value == "SUCCESS"
     assert directory.asked == [did]
     assert agi.handled == 1
-    assert answered < 2.0, f"AGI answer took {answered * 1000:.0f} ms"
 
 
 async def test_unknown_did_sets_empty_tenant(

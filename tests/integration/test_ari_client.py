@@ -52,8 +52,9 @@ async def test_two_channels_are_bridged(ari: AriClient) -> None:
     # Echo() answers the far end of each Local pair, so our halves come up.
     for channel_id in (a_id, b_id):
         await ari.originate("Local/echo@pbx-test", channel_id=channel_id, app_args="leg")
-    await next_event(ari, "StasisStart", id=a_id)
-    await next_event(ari, "StasisStart", id=b_id)
+    # Either may come up first: take both StasisStarts as they come.
+    started = {(await next_event(ari, "StasisStart"))["channel"]["id"] for _ in range(2)}
+    assert started == {a_id, b_id}
 
     await ari.create_bridge(bridge_id)
     await ari.add_to_bridge(bridge_id, [a_id, b_id])  # one request: channel=a,b
@@ -66,6 +67,12 @@ async def test_two_channels_are_bridged(ari: AriClient) -> None:
     await ari.hangup(a_id)
     await ari.hangup(b_id)
     await ari.destroy_bridge(bridge_id)
+    async with asyncio.timeout(10):
+        while True:  # Asterisk destroys it asynchronously: await its event
+            item = await ari.events.get()
+            if isinstance(item, dict) and item.get("type") == "BridgeDestroyed":
+                break
+    assert item["bridge"]["id"] == bridge_id
     with pytest.raises(BridgeGone):
         await ari.get_bridge(bridge_id)
 
