@@ -33,4 +33,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiohttp's access logs and panoramisk's chatter are noise at INFO.
-    logging.getLogger("panoramisk").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("panoramisk", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

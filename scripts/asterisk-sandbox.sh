@@ -8,6 +8,8 @@
 #
 # Env: PBX_ASTERISK_SANDBOX  where the root lives
 #                             (default /var/cache/pbx-controller/asterisk-sid)
+#      PBX_FORCE_SANDBOX     set: build/use the sandbox even if asterisk is on PATH
+# Building takes about 40 s and 450 MB, and needs root and Debian's mirror.
 set -euo pipefail
 
 SANDBOX="${PBX_ASTERISK_SANDBOX:-/var/cache/pbx-controller/asterisk-sid}"
@@ -21,12 +23,16 @@ if [ -z "${PBX_FORCE_SANDBOX:-}" ] && command -v asterisk >/dev/null 2>&1; then
     exit 0
 fi
 
+if [ -f "$SANDBOX/.pbx-ready" ] && [ "$(id -u)" != 0 ]; then
+    die "the sandbox at $SANDBOX is built, but running it needs root (chroot)"
+fi
+
 if [ -f "$SANDBOX/.pbx-ready" ] && chroot "$SANDBOX" asterisk -V >/dev/null 2>&1; then
     echo "asterisk-sandbox: ready at $SANDBOX ($(chroot "$SANDBOX" asterisk -V))"
     exit 0
 fi
 
-[ "$(id -u)" = 0 ] || die "no system Asterisk on PATH, and building the sandbox needs root (debootstrap, chroot). Run 'sudo make asterisk' or install Asterisk 22."
+[ "$(id -u)" = 0 ] || die "building the sandbox Asterisk needs root (debootstrap, chroot): run 'sudo make asterisk', or install Asterisk 22 on PATH."
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     echo "asterisk-sandbox: installing debootstrap"
@@ -43,7 +49,7 @@ mirror="$(grep -hoE '^(URIs:|deb)[[:space:]]+[^[:space:]]+/debian/?([[:space:]]|
 work="$SANDBOX.partial"
 rm -rf "$work"
 mkdir -p "$(dirname "$SANDBOX")"
-echo "asterisk-sandbox: debootstrap sid into $work (about a minute)"
+echo "asterisk-sandbox: debootstrap sid into $work (about 40 s)"
 debootstrap --variant=minbase sid "$work" "$mirror" >"$work.log" 2>&1 \
     || { tail -n 20 "$work.log" >&2; die "debootstrap failed (full log: $work.log)"; }
 

@@ -45,9 +45,19 @@ CALLS = [
 ]
 
 
-def describe(event: e.Event, actions: list[a.Action]) -> str:
-    said = ", ".join(type(x).__name__ + _detail(x) for x in actions) or "-"
-    return f"  {type(event).__name__ + _detail(event):<46} -> {said}"
+class Narrator:
+    """Prints each decision of the controller, tagged with the call it is for."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, str] = {}
+
+    def __call__(self, event: e.Event, actions: list[a.Action]) -> None:
+        channel_id = getattr(event, "channel_id", "")
+        if isinstance(event, e.CallArrived):
+            self.calls[channel_id] = f"call {len(self.calls) + 1}"
+        tag = self.calls.get(channel_id, "")
+        said = ", ".join(type(x).__name__ + _detail(x) for x in actions) or "-"
+        print(f"  {tag:<7} {type(event).__name__ + _detail(event):<44} -> {said}")
 
 
 def _detail(item: object) -> str:
@@ -88,7 +98,7 @@ async def main(install: AsteriskInstall) -> int:
         )
         directory = await load_directory(sessions)
         controller = Controller(controller_settings(asterisk), directory, DatabaseCdrSink(sessions))
-        controller.observers.append(lambda ev, acts: print(describe(ev, acts)))
+        controller.observers.append(Narrator())
         async with controller:
             print("== controller connected; placing real SIP calls with sipp")
             for did, count, what in CALLS:
@@ -102,7 +112,10 @@ async def main(install: AsteriskInstall) -> int:
     print("== CDR rows in the database")
     async with sessions() as session:
         rows = (await session.scalars(select(m.Cdr).order_by(m.Cdr.arrived_at))).all()
-    print(f"   {'call id':<36}  {'tenant':<8} {'DID':<9} {'caller':<8} {'disposition':<12} ms")
+    print(
+        f"   {'call id':<36}  {'tenant':<8} {'DID':<9} {'caller':<8} {'disposition':<12} "
+        "arrival->end ms"
+    )
     for row in rows:
         ms = int((row.ended_at - row.arrived_at).total_seconds() * 1000)
         print(
