@@ -311,13 +311,7 @@ class AriClient:
         result: Json = await self.request(
             "POST",
             f"/channels/{_p(channel_id)}/record",
-            {
-                "name": name,
-                "format": fmt,
-                "ifExists": "fail",
-                "beep": "false",
-                "terminateOn": "none",
-            },
+            _record_params(name, fmt),
         )
         return result
 
@@ -354,13 +348,7 @@ class AriClient:
         result: Json = await self.request(
             "POST",
             f"/bridges/{_p(bridge_id)}/record",
-            {
-                "name": name,
-                "format": fmt,
-                "ifExists": "fail",
-                "beep": "false",
-                "terminateOn": "none",
-            },
+            _record_params(name, fmt),
         )
         return result
 
@@ -434,6 +422,11 @@ class AriClient:
         # refused while no websocket is connected), no thundering herd.
         cap = min(self._reconnect_max, 0.05 * (2**attempt))
         return random.uniform(cap / 2, cap)
+
+
+def _record_params(name: str, fmt: str) -> dict[str, str | int]:
+    # Never overwrite a file, no beep, and DTMF does not stop a recording.
+    return {"name": name, "format": fmt, "ifExists": "fail", "beep": "false", "terminateOn": "none"}
 
 
 def _p(segment: str) -> str:
