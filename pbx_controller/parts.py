@@ -31,31 +31,37 @@ class EngineDirectory:
         return tenant.id if tenant else None
 
 
-class NoAgentsYet:
-    """The AGI `agent/*` port until agents are configured: every phone is an
-    unknown agent, and the dialplan hears `PBX_RESULT=UNKNOWN_AGENT`."""
+class EngineAgents:
+    """The AGI `agent/*` port: the calling phone's endpoint names the agent."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def _command(self, endpoint: str, command: str, reason: str = "") -> str:
+        agent = self.controller.engine.directory.agent_for_endpoint(endpoint)
+        if agent is None:
+            log.warning("agent %s from %s: no agent has this phone", command, endpoint)
+            return "UNKNOWN_AGENT"
+        result = self.controller.agent_command(agent.id, command, reason)
+        log.info("agent %s %s%s: %s", agent.id, command, f" ({reason})" if reason else "", result)
+        return result
 
     async def login(self, endpoint: str) -> str:
-        return self._unknown("login", endpoint)
+        return self._command(endpoint, "login")
 
     async def logout(self, endpoint: str) -> str:
-        return self._unknown("logout", endpoint)
+        return self._command(endpoint, "logout")
 
     async def pause(self, endpoint: str, reason: str) -> str:
-        return self._unknown("pause", endpoint)
+        return self._command(endpoint, "pause", reason)
 
     async def unpause(self, endpoint: str) -> str:
-        return self._unknown("unpause", endpoint)
-
-    @staticmethod
-    def _unknown(command: str, endpoint: str) -> str:
-        log.warning("agent %s from %s: no such agent", command, endpoint)
-        return "UNKNOWN_AGENT"
+        return self._command(endpoint, "unpause")
 
 
 @contextlib.asynccontextmanager
 async def agi_server(controller: Controller) -> AsyncIterator[AgiServer]:
-    router = build_router(EngineDirectory(controller), NoAgentsYet())
+    router = build_router(EngineDirectory(controller), EngineAgents(controller))
     server = await serve_agi(controller.settings.agi, router)
     log.info("FastAGI listening on %s:%d", controller.settings.agi.host, server.port)
     try:

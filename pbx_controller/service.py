@@ -30,12 +30,14 @@ from pbx_controller.asterisk.ari import (
     StreamDisconnected,
 )
 from pbx_controller.asterisk.events import AriEventError, adopted_call, translate
-from pbx_controller.asterisk.executor import CdrSink, Executor
+from pbx_controller.asterisk.executor import AgentLogSink, CdrSink, Executor
 from pbx_controller.config import Settings
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
+from pbx_controller.core.agent import NotAMember, UnknownAgent
 from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine
+from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import Directory
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Controller:
         *,
         clock: Clock = utc_now,
         parts: Sequence[Part] | None = None,
+        agent_log: AgentLogSink | None = None,
     ) -> None:
         self.settings = settings
         self.engine = Engine(directory)
@@ -100,7 +103,7 @@ class Controller:
             request_timeout_s=settings.ari.request_timeout_s,
             events=self.inbox,
         )
-        self.executor = Executor(self.ari, self.feed, cdrs)
+        self.executor = Executor(self.ari, self.feed, cdrs, agent_log)
         self.observers: list[Observer] = []
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
@@ -223,6 +226,27 @@ class Controller:
             return
         if event is not None:
             self._handle(event)
+
+    def agent_command(self, agent_id: str, command: str, reason: str = "") -> str:
+        """Log in, log out, pause, unpause or end wrap-up for an agent, now.
+        Returns the result code the feature code and the API report:
+        OK, UNKNOWN_AGENT, INVALID_STATE or BAD_REQUEST."""
+        try:
+            event = e.AgentCommand(agent_id, command, reason)
+        except ValueError:
+            return "BAD_REQUEST"
+        try:
+            actions = self.engine.handle(event, self.clock())
+        except UnknownAgent:
+            return "UNKNOWN_AGENT"
+        except (InvalidTransition, NotAMember):
+            return "INVALID_STATE"
+        except ValueError:
+            return "BAD_REQUEST"
+        for observer in self.observers:
+            observer(event, actions)
+        self.executor.submit(actions)
+        return "OK"
 
     def _handle(self, event: e.Event) -> None:
         try:

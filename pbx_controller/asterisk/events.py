@@ -93,7 +93,11 @@ def _stasis_start(event: dict[str, Any]) -> e.Event | None:
             caller_number=_opt(event, "channel", "caller", "number"),
             caller_name=_opt(event, "channel", "caller", "name"),
         )
-    return None  # legs we originate are tracked by their adapters
+    if role == "agent":
+        if len(args) < 3 or not all(isinstance(x, str) and x for x in args[1:3]):
+            raise AriEventError("agent StasisStart without call id and agent id")
+        return e.AgentLegAnswered(_str(event, "channel", "id"), args[1], args[2])
+    return None
 
 
 def stasis_role(event: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Protocol
 from pbx_controller.asterisk.ari import AriClient, AriError, AriNotFound, ChannelGone
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
+from pbx_controller.core.agent import AgentStateRecord
 from pbx_controller.core.cdr import CdrRecord
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,29 @@ class CdrSink(Protocol):
     async def write(self, cdr: CdrRecord) -> None: ...
 
 
+class AgentLogSink(Protocol):
+    async def write(self, record: AgentStateRecord) -> None: ...
+
+
+class LoggingAgentLog:
+    """Agent state changes to the log only (tests, the demo before a database)."""
+
+    async def write(self, record: AgentStateRecord) -> None:
+        log.info("agent %s: %s -> %s", record.agent_id, record.previous.value, record.state.value)
+
+
 class Executor:
-    def __init__(self, ari: AriClient, feed: Callable[[e.Event], None], cdrs: CdrSink) -> None:
+    def __init__(
+        self,
+        ari: AriClient,
+        feed: Callable[[e.Event], None],
+        cdrs: CdrSink,
+        agent_log: AgentLogSink | None = None,
+    ) -> None:
         self.ari = ari
         self.feed = feed
         self.cdrs = cdrs
+        self.agent_log: AgentLogSink = agent_log or LoggingAgentLog()
         self._lanes: dict[str, deque[a.Action]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -48,6 +67,13 @@ class Executor:
                     self._spawn(self._emit_cdr(cdr))
                 case a.StopPlayback(playback_id):
                     self._spawn(self._quietly(self.ari.stop_playback(playback_id)))
+                case a.DestroyBridge(bridge_id):
+                    self._spawn(self._quietly(self.ari.destroy_bridge(bridge_id)))
+                case a.RecordAgentState(record):
+                    self._spawn(self._record_agent_state(record))
+                case a.Bridge(_, channel_ids):
+                    # After the caller's earlier actions (stop the hold music first).
+                    self._enqueue(channel_ids[0], action)
                 case _:
                     self._enqueue(action.channel_id, action)
 
@@ -100,6 +126,21 @@ class Executor:
                 await self.ari.hangup(channel_id, reason)
             case a.ContinueInDialplan(channel_id, context, extension, priority):
                 await self.ari.continue_in_dialplan(channel_id, context, extension, priority)
+            case a.Originate(channel_id, endpoint, app_args, caller_id, timeout_ms):
+                await self.ari.originate(
+                    endpoint,
+                    channel_id=channel_id,
+                    app_args=app_args,
+                    caller_id=caller_id or None,
+                    timeout_s=max(1, -(-timeout_ms // 1000)),
+                )
+            case a.Bridge(bridge_id, channel_ids):
+                await self.ari.create_bridge(bridge_id)
+                await self.ari.add_to_bridge(bridge_id, channel_ids)
+            case a.StartMoh(channel_id, moh_class):
+                await self.ari.start_moh(channel_id, moh_class)
+            case a.StopMoh(channel_id):
+                await self.ari.stop_moh(channel_id)
             case _:
                 raise TypeError(f"no ARI request for {action!r}")
 
@@ -115,6 +156,12 @@ class Executor:
             self.feed(e.TimerFired(timer_id))
 
         self._timers[timer_id] = asyncio.get_running_loop().call_later(delay_ms / 1000, fire)
+
+    async def _record_agent_state(self, record: AgentStateRecord) -> None:
+        try:
+            await self.agent_log.write(record)
+        except Exception:
+            log.exception("agent state of %s could not be written", record.agent_id)
 
     async def _emit_cdr(self, cdr: CdrRecord) -> None:
         try:

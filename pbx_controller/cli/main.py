@@ -39,4 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m pbx_controller.cli.main`: use the package's module, so its
+    # CliError is the one the command groups raise (one import, not two).
+    from pbx_controller.cli.main import main as package_main
+
+    sys.exit(package_main())

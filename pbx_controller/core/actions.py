@@ -7,8 +7,12 @@ call id, so a run is deterministic and the adapters can arm waiters first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pbx_controller.core.cdr import CdrRecord
+
+if TYPE_CHECKING:  # agent.py imports this module for its timers
+    from pbx_controller.core.agent import AgentStateRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,50 @@ class ContinueInDialplan:
 
 
 @dataclass(frozen=True, slots=True)
+class Originate:
+    """Ring an agent: a new channel `channel_id` to `endpoint`, entering our
+    app with `app_args` when answered. Asterisk gives up after `timeout_ms`."""
+
+    channel_id: str
+    endpoint: str
+    app_args: str
+    caller_id: str = ""
+    timeout_ms: int = 15_000
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """Create mixing bridge `bridge_id` and put the channels in it, in one go
+    (the first channel's lane: after that caller's earlier actions)."""
+
+    bridge_id: str
+    channel_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyBridge:
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartMoh:
+    channel_id: str
+    moh_class: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class StopMoh:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAgentState:
+    """An agent state change, for agent_state_log (readiness billing)."""
+
+    record: AgentStateRecord
+
+
+@dataclass(frozen=True, slots=True)
 class StartTimer:
     timer_id: str
     delay_ms: int
@@ -63,5 +111,18 @@ class EmitCdr:
 
 
 Action = (
-    Answer | Play | StopPlayback | Hangup | ContinueInDialplan | StartTimer | CancelTimer | EmitCdr
+    Answer
+    | Play
+    | StopPlayback
+    | Hangup
+    | ContinueInDialplan
+    | Originate
+    | Bridge
+    | DestroyBridge
+    | StartMoh
+    | StopMoh
+    | RecordAgentState
+    | StartTimer
+    | CancelTimer
+    | EmitCdr
 )

@@ -1,57 +1,99 @@
 """The per-call state machine: its transition table and the call record.
 
-Stages today: DID -> tenant, answer, greeting, hang-up. The queue, the
-agent leg and the bridge slot in between GREETING and ENDING as routing
-lands; the table below is where each new edge is declared.
+    NEW --CallArrived--> GREETING --PlaybackFinished--> QUEUED --Offered--> OFFERING
+    OFFERING --AgentLegAnswered--> CONNECTED --(either side hangs up)--> ENDING --> ENDED
+    OFFERING --(ring timeout, leg failed)--> QUEUED   (back at its old position)
+    any live state --(caller hangs up)--> ENDING/ENDED
+
+Unknown DIDs, closed hours and overflow hand the call back to the dialplan
+(ENDING). `Offered` and `Overflowed` are the engine's own moves (routing
+and overflow decisions), listed here so the table holds every edge.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from pbx_controller.core.cdr import Disposition, HangupSide
+from pbx_controller.core.cdr import CdrSegment, Disposition, HangupSide
 from pbx_controller.core.machine import TransitionTable
 
 
 class CallState(Enum):
     NEW = "new"
     GREETING = "greeting"
+    QUEUED = "queued"
+    OFFERING = "offering"
+    CONNECTED = "connected"
     ENDING = "ending"  # we asked Asterisk to hang up or to take the call back
     ENDED = "ended"
 
 
 S = CallState
+_LIVE = (S.GREETING, S.QUEUED, S.OFFERING, S.CONNECTED)
 
-CALL_TRANSITIONS: TransitionTable[CallState] = TransitionTable(
-    "call",
-    {
-        # Known DID: answer and greet. Unknown DID: back to the dialplan's message.
-        (S.NEW, "CallArrived"): frozenset({S.GREETING, S.ENDING}),
-        # Left behind by a killed run: hand it to the dialplan fallback.
-        (S.NEW, "CallAdopted"): frozenset({S.ENDING}),
-        (S.GREETING, "PlaybackFinished"): frozenset({S.GREETING, S.ENDING}),
-        (S.GREETING, "ActionFailed"): frozenset({S.ENDING}),
-        (S.GREETING, "ChannelHungUp"): frozenset({S.ENDED}),
-        (S.GREETING, "ChannelLeftApp"): frozenset({S.ENDED}),
-        (S.GREETING, "DtmfReceived"): frozenset({S.GREETING}),
-        # A greeting cut short by a hang-up: the end follows.
-        (S.GREETING, "HangupRequested"): frozenset({S.ENDING}),
-        # While ending, late events of the same call are expected and harmless.
-        (S.ENDING, "PlaybackFinished"): frozenset({S.ENDING}),
-        (S.ENDING, "ActionFailed"): frozenset({S.ENDING}),
-        (S.ENDING, "DtmfReceived"): frozenset({S.ENDING}),
-        (S.ENDING, "HangupRequested"): frozenset({S.ENDING}),
-        (S.ENDING, "ChannelHungUp"): frozenset({S.ENDED}),
-        (S.ENDING, "ChannelLeftApp"): frozenset({S.ENDED}),
-    },
-)
+_EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
+    # Known DID: answer and greet. Unknown DID or closed: back to the dialplan.
+    (S.NEW, "CallArrived"): frozenset({S.GREETING, S.ENDING}),
+    # Left behind by a killed run: hand it to the dialplan fallback.
+    (S.NEW, "CallAdopted"): frozenset({S.ENDING}),
+    # The greeting ends: queue the caller, or (no queue) say goodbye; a
+    # greeting cut short with the caller still there goes to the fallback.
+    (S.GREETING, "PlaybackFinished"): frozenset({S.QUEUED, S.ENDING}),
+    (S.GREETING, "ActionFailed"): frozenset({S.ENDING}),
+    (S.GREETING, "DtmfReceived"): frozenset({S.GREETING}),
+    (S.GREETING, "HangupRequested"): frozenset({S.ENDING}),
+    # Waiting: routing offers the call; timers announce or overflow it.
+    (S.QUEUED, "Offered"): frozenset({S.OFFERING}),
+    (S.QUEUED, "Overflowed"): frozenset({S.ENDING}),
+    (S.QUEUED, "TimerFired"): frozenset({S.QUEUED, S.ENDING}),
+    (S.QUEUED, "PlaybackFinished"): frozenset({S.QUEUED}),
+    (S.QUEUED, "DtmfReceived"): frozenset({S.QUEUED}),
+    (S.QUEUED, "HangupRequested"): frozenset({S.ENDING}),
+    (S.QUEUED, "ActionFailed"): frozenset({S.QUEUED, S.ENDING}),
+    # Ringing agents: the first answer connects; misses go back to the queue.
+    (S.OFFERING, "AgentLegAnswered"): frozenset({S.CONNECTED, S.OFFERING}),
+    (S.OFFERING, "AgentLegGone"): frozenset({S.OFFERING, S.QUEUED}),
+    (S.OFFERING, "TimerFired"): frozenset({S.OFFERING, S.QUEUED, S.ENDING}),
+    (S.OFFERING, "Overflowed"): frozenset({S.ENDING}),
+    (S.OFFERING, "PlaybackFinished"): frozenset({S.OFFERING}),
+    (S.OFFERING, "DtmfReceived"): frozenset({S.OFFERING}),
+    (S.OFFERING, "HangupRequested"): frozenset({S.ENDING}),
+    (S.OFFERING, "ActionFailed"): frozenset({S.OFFERING, S.ENDING}),
+    # Talking: either side hanging up ends it; the agent enters wrap-up.
+    (S.CONNECTED, "AgentLegGone"): frozenset({S.ENDING}),
+    (S.CONNECTED, "HangupRequested"): frozenset({S.ENDING}),
+    (S.CONNECTED, "DtmfReceived"): frozenset({S.CONNECTED}),
+    (S.CONNECTED, "PlaybackFinished"): frozenset({S.CONNECTED}),
+    (S.CONNECTED, "ActionFailed"): frozenset({S.ENDING}),
+    (S.CONNECTED, "TimerFired"): frozenset({S.CONNECTED}),
+    # While ending, late events of the same call are expected and harmless.
+    (S.ENDING, "PlaybackFinished"): frozenset({S.ENDING}),
+    (S.ENDING, "ActionFailed"): frozenset({S.ENDING}),
+    (S.ENDING, "DtmfReceived"): frozenset({S.ENDING}),
+    (S.ENDING, "HangupRequested"): frozenset({S.ENDING}),
+    (S.ENDING, "AgentLegGone"): frozenset({S.ENDING}),
+    (S.ENDING, "AgentLegAnswered"): frozenset({S.ENDING}),
+    (S.ENDING, "TimerFired"): frozenset({S.ENDING}),
+}
+# The caller's channel leaving the app or vanishing ends the call from anywhere live.
+for _state in (*_LIVE, S.ENDING):
+    _EDGES[(_state, "ChannelHungUp")] = frozenset({S.ENDED})
+    _EDGES[(_state, "ChannelLeftApp")] = frozenset({S.ENDED})
+# A leg answering after another agent won (or after the offer timed out) is hung up.
+_EDGES[(S.QUEUED, "AgentLegAnswered")] = frozenset({S.QUEUED})
+_EDGES[(S.CONNECTED, "AgentLegAnswered")] = frozenset({S.CONNECTED})
+_EDGES[(S.QUEUED, "AgentLegGone")] = frozenset({S.QUEUED})
+
+CALL_TRANSITIONS: TransitionTable[CallState] = TransitionTable("call", _EDGES)
+# Table events that are the engine's own decisions rather than core events.
+ENGINE_MOVES = frozenset({"Offered", "Overflowed", "AgentLegGone"})
 
 
 @dataclass(slots=True)
 class Call:
-    """One inbound call as the core tracks it. Mutated only by the engine."""
+    """One call as the core tracks it. Mutated only by the engine."""
 
     call_id: str
     channel_id: str
@@ -59,13 +101,38 @@ class Call:
     caller: str
     arrived_at: datetime
     tenant_id: str | None = None
+    queue_id: str | None = None
     state: CallState = CallState.NEW
+    enqueued_at: datetime | None = None
+    seq: int = 0
+    priority: int = 0
+    missed_by: frozenset[str] = frozenset()
     answered_at: datetime | None = None
+    agent_id: str | None = None
+    agent_channel: str | None = None
+    bridge_id: str | None = None
+    ring_timer: str | None = None
+    talk_ended_at: datetime | None = None
     ended_at: datetime | None = None
     disposition: Disposition = Disposition.FAILED
     hangup_side: HangupSide = HangupSide.CALLER
     playbacks: int = 0
+    legs: int = 0
+    timers: int = 0
+    announcing: bool = False
+    # Open offers: agent id -> (its leg's channel id, when it started ringing).
+    ringing: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    segments: list[CdrSegment] = field(default_factory=list)
 
     def next_playback_id(self) -> str:
         self.playbacks += 1
         return f"{self.call_id}-pb{self.playbacks}"
+
+    def next_leg_id(self) -> str:
+        self.legs += 1
+        return f"{self.call_id}-leg{self.legs}"
+
+    def timer_id(self, kind: str) -> str:
+        """Timer ids start with the call id, so a fired timer finds its call."""
+        self.timers += 1
+        return f"{self.call_id}/{kind}/{self.timers}"

@@ -44,6 +44,18 @@ def ms_between(start: datetime, end: datetime) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class CdrSegment:
+    """One agent offer of the call (a row of cdr_segment): who rang, from
+    when to when, and how it ended (answered, missed, cancelled)."""
+
+    kind: str
+    agent_id: str | None
+    started_at: datetime
+    ended_at: datetime
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
 class CdrRecord:
     call_id: str
     tenant_id: str | None
@@ -62,6 +74,7 @@ class CdrRecord:
     hold_ms: int = 0
     consent: str = "n/a"
     recording_id: str | None = None
+    segments: tuple[CdrSegment, ...] = ()
 
     def __post_init__(self) -> None:
         _aware(self.arrived_at, "arrived_at")

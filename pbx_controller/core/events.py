@@ -31,6 +31,38 @@ class CallArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentLegAnswered:
+    """An agent's phone answered the leg we originated for a call (its
+    StasisStart, with the app arguments we gave it)."""
+
+    channel_id: str
+    call_id: str
+    agent_id: str
+
+    def __post_init__(self) -> None:
+        _require(self.channel_id, "channel_id")
+        _require(self.call_id, "call_id")
+        _require(self.agent_id, "agent_id")
+
+
+AGENT_COMMANDS = frozenset({"login", "logout", "pause", "unpause", "end_wrapup"})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCommand:
+    """An agent (feature code), a supervisor or ops (pbxctl) acting on an agent."""
+
+    agent_id: str
+    command: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.agent_id, "agent_id")
+        if self.command not in AGENT_COMMANDS:
+            raise ValueError(f"unknown agent command {self.command!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class PlaybackFinished:
     """A playback ended. `completed` is false when it was cut short (the
     channel hung up, or the playback was stopped or failed)."""
@@ -124,6 +156,8 @@ class ActionFailed:
 Event = (
     CallArrived
     | CallAdopted
+    | AgentLegAnswered
+    | AgentCommand
     | PlaybackFinished
     | DtmfReceived
     | HangupRequested

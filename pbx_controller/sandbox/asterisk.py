@@ -251,6 +251,21 @@ class SandboxAsterisk:
             time.sleep(0.1)
         raise AsteriskUnavailable(f"ARI did not answer within {timeout:.0f}s on {e.ari_url}")
 
+    def set_agent_phones(self, phones: dict[str, str]) -> None:
+        """Define PJSIP endpoints for agent phones ({endpoint: "host:port"})
+        and reload PJSIP. Test phones are on loopback and need no auth."""
+        sections = []
+        for endpoint, address in sorted(phones.items()):
+            sections.append(
+                f"[{endpoint}]\ntype = endpoint\ncontext = pbx-agents\ndisallow = all\n"
+                f"allow = ulaw,alaw,gsm\ndirect_media = no\nrtp_symmetric = yes\n"
+                f"dtmf_mode = rfc4733\naors = {endpoint}\n\n"
+                f"[{endpoint}]\ntype = aor\ncontact = sip:{endpoint}@{address}\n"
+            )
+        path = self.host("etc/pjsip_agents.conf")
+        path.write_text("\n".join(sections))
+        self.cli("module reload res_pjsip.so")
+
     def cli(self, command: str, timeout: float = 10.0) -> str:
         """Run one Asterisk CLI command over the control socket."""
         result = subprocess.run(

@@ -43,16 +43,23 @@ async def call(
     rate: float = 1.0,
     scenario: str = "caller.xml",
     timeout_s: float = 60.0,
+    from_user: str | None = None,
 ) -> SippResult:
     """Place `calls` calls to `did` through the PBX's SIP port and wait for
     all of them to finish. Returns sipp's own success/failure counts."""
     with tempfile.TemporaryDirectory(prefix="sipp-") as work:
         stats = Path(work) / "stats.csv"
+        scenario_path = SCENARIOS / scenario
+        if from_user is not None:
+            # An agent's phone calling a feature code: its From user names it.
+            text = scenario_path.read_text().replace("48500[call_number]", from_user)
+            scenario_path = Path(work) / scenario
+            scenario_path.write_text(text)
         args = [
             sipp_path(),
             f"127.0.0.1:{sip_port}",
             "-sf",
-            str(SCENARIOS / scenario),
+            str(scenario_path),
             "-s",
             did,
             "-i",
@@ -86,9 +93,10 @@ async def call(
         try:
             async with asyncio.timeout(timeout_s + 10):
                 out, _ = await process.communicate()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        except BaseException:  # a timeout, or the test cancelled us: no stray sipp
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
             raise
         successful, failed = _final_counts(stats)
         return SippResult(process.returncode or 0, successful, failed, out.decode(errors="replace"))
@@ -104,3 +112,67 @@ def _final_counts(stats: Path) -> tuple[int, int]:
     header, last = rows[0], rows[-1]
     row = dict(zip(header, last, strict=False))
     return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0))
+
+
+class AgentPhone:
+    """An agent's phone: a sipp UAS on its own loopback port that rings for
+    `ring_ms` and then answers (or never answers), and hangs up after
+    `talk_ms` unless the PBX hangs up first. Use as an async context manager;
+    `address` is what the PJSIP endpoint's contact points at."""
+
+    def __init__(self, *, ring_ms: int = 200, talk_ms: int = 60_000, answers: bool = True) -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.ring_ms = ring_ms
+        self.talk_ms = talk_ms
+        self.answers = answers
+        self._work: tempfile.TemporaryDirectory[str] | None = None
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _scenario(self, directory: Path) -> Path:
+        text = (SCENARIOS / "agent.xml.in").read_text()
+        # A phone that never answers waits in `never` until the PBX cancels.
+        text = text.replace("@ring_ms@", str(self.ring_ms))
+        text = text.replace("@after_ring@", "answer" if self.answers else "never")
+        text = text.replace("@talk_ms@", str(self.talk_ms))
+        path = directory / "agent.xml"
+        path.write_text(text)
+        return path
+
+    async def __aenter__(self) -> AgentPhone:
+        self._work = tempfile.TemporaryDirectory(prefix="sipp-agent-")
+        work = Path(self._work.name)
+        self.process = await asyncio.create_subprocess_exec(
+            sipp_path(),
+            "-sf",
+            str(self._scenario(work)),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-mp",
+            str(free_port(socket.SOCK_DGRAM)),
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            str(work / "errors.log"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=work,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._work is not None:
+            self._work.cleanup()

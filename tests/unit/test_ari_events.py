@@ -109,9 +109,21 @@ def test_stasis_start_with_an_anonymous_caller() -> None:
     assert (result.caller_number, result.caller_name) == ("", "")
 
 
-@pytest.mark.parametrize("args", [["agent", "201"], ["outbound", "c1"], ["", "1001"]])
+@pytest.mark.parametrize("args", [["outbound", "c1"], ["", "1001"]])
 def test_stasis_start_of_other_roles_is_not_for_the_core(args: list[str]) -> None:
     assert translate(ari("StasisStart", args=args, channel=channel())) is None
+
+
+def test_stasis_start_of_an_agent_leg_names_call_and_agent() -> None:
+    result = translate(ari("StasisStart", args=["agent", "call-1", "anna"], channel=channel()))
+    assert isinstance(result, e.AgentLegAnswered)
+    assert (result.call_id, result.agent_id) == ("call-1", "anna")
+
+
+@pytest.mark.parametrize("args", [["agent", "201"], ["agent", "", "anna"], ["agent", "c", ""]])
+def test_agent_leg_without_call_or_agent_is_an_error(args: list[str]) -> None:
+    with pytest.raises(AriEventError, match="agent StasisStart"):
+        translate(ari("StasisStart", args=args, channel=channel()))
 
 
 @pytest.mark.parametrize(

@@ -125,7 +125,7 @@ def test_unknown_did_goes_back_to_the_dialplan_message(engine: Engine) -> None:
 
 def test_directory_reload_applies_to_new_calls_only(engine: Engine) -> None:
     arrive(engine, did=KNOWN_DID, n=1)
-    engine.reload(Directory.build([Tenant("acme", "Acme")], []))
+    engine.reload(Directory.build([Tenant("acme", "Acme")], []), T0)
     assert arrive(engine, did=KNOWN_DID, n=2) == [
         a.ContinueInDialplan("chan-2", UNKNOWN_DID_CONTEXT)
     ]
@@ -307,8 +307,10 @@ def test_naive_now_is_refused(engine: Engine, event: e.Event) -> None:
     assert engine.channel_ids() == []
 
 
-@pytest.mark.parametrize("state", [CallState.GREETING, CallState.ENDING])
-def test_timer_fired_is_an_invalid_transition_in_every_live_state(
+# The greeting arms no timer; a queued or ending call may see its own stale
+# timers (announcements, max wait) fire, and the table allows those.
+@pytest.mark.parametrize("state", [CallState.GREETING])
+def test_timer_fired_is_an_invalid_transition_while_greeting(
     engine: Engine, state: CallState
 ) -> None:
     assert not CALL_TRANSITIONS.allows(state, "TimerFired")
