@@ -1,33 +1,29 @@
-"""Load the core's Directory (tenants and DIDs) from the database."""
+"""Load the core's Directory from the database: tenants (greeting, time zone,
+business hours), DIDs and the queue each rings, queues, and agents with
+their skills and memberships.
+
+It goes through `config_store.read_config`, the same read `pbxctl config
+show` prints, so the service, the CLI and the database agree. Deactivated
+tenants and agents and retired queues are left out; a DID of a deactivated
+tenant is an unknown DID.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pbx_controller.core.model import Directory, Tenant
-from pbx_controller.store import models as m
+from pbx_controller.configfile import DEFAULT_GREETING
+from pbx_controller.core.model import Directory
+from pbx_controller.store.config_store import StoredConfigError, load_config
 
-DEFAULT_GREETING = ("sound:hello-world",)
+__all__ = ["DEFAULT_GREETING", "StoredConfigError", "load_directory"]
 
 
 async def load_directory(sessions: async_sessionmaker[AsyncSession]) -> Directory:
-    async with sessions() as session:
-        tenants = (await session.scalars(select(m.Tenant).where(m.Tenant.active))).all()
-        dids = (await session.execute(select(m.Did.number, m.Did.tenant_id))).all()
-    active = {t.id for t in tenants}
-    return Directory.build(
-        [
-            Tenant(
-                id=t.id,
-                name=t.name,
-                timezone=t.timezone,
-                greeting=tuple(t.greeting_sound.split("&"))
-                if t.greeting_sound
-                else DEFAULT_GREETING,
-            )
-            for t in tenants
-        ],
-        # A DID of a deactivated tenant is treated as unknown.
-        [(number, tenant_id) for number, tenant_id in dids if tenant_id in active],
-    )
+    """Raises StoredConfigError when the rows do not make a consistent
+    directory (e.g. a DID written by hand that names another tenant's queue)."""
+    config = await load_config(sessions)
+    try:
+        return config.directory()
+    except ValueError as exc:
+        raise StoredConfigError(f"stored configuration is inconsistent: {exc}") from exc

@@ -1,0 +1,147 @@
+"""`pbxctl config`: tenants, DIDs, queues, agents and skills from one file.
+
+    pbxctl config apply pbx.toml [--dry-run]
+    pbxctl config show > pbx.toml
+
+`apply` validates the file before touching the database, prints one line
+per change ("+ queue acme-sales", "~ agent anna: skills.polish 7 -> 8",
+"- did 48220000") and writes them in one transaction; applying the same
+file again prints "no changes". `--dry-run` prints the plan and writes
+nothing. `show` prints the stored configuration as a file `apply` accepts,
+so `apply` of `show` changes nothing.
+
+Exit status: 0 done, 2 an invalid file (one line per problem, each naming
+its key) or the database unreachable or unmigrated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pbx_controller.cli.main import CliError
+from pbx_controller.cli.serve import settings_from
+from pbx_controller.configfile import ConfigFileError, Problem, load, render
+from pbx_controller.logs import setup_logging
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from pbx_controller.config import Settings
+
+__all__ = ["DB_TIMEOUT_S", "register", "run_apply", "run_show"]
+
+R = TypeVar("R")
+
+# The whole read-diff-write must finish in this time (asyncpg would wait
+# 60 s for a host that drops packets).
+DB_TIMEOUT_S = 30.0
+
+
+def _report(source: Path, problems: tuple[Problem, ...]) -> int:
+    for problem in problems:
+        print(f"pbxctl: error: {source}: {problem}", file=sys.stderr)
+    return 2
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from pbx_controller.store.config_store import apply_config
+
+    try:
+        desired = load(args.file)  # a bad file fails before the database is asked
+    except ConfigFileError as exc:
+        return _report(args.file, exc.problems)
+    settings = settings_from(args)
+    try:
+        changes = asyncio.run(
+            _on_database(settings, lambda s: apply_config(s, desired, dry_run=args.dry_run))
+        )
+    except ConfigFileError as exc:  # conflicts only the database reveals
+        return _report(args.file, exc.problems)
+    for change in changes:
+        print(change)
+    count = f"{len(changes)} change{'' if len(changes) == 1 else 's'}"
+    if not changes:
+        print("no changes")
+    elif args.dry_run:
+        print(f"{count} (dry run: nothing written)")
+    else:
+        print(f"{count} applied")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from pbx_controller.store.config_store import load_config
+
+    settings = settings_from(args)
+    config = asyncio.run(_on_database(settings, load_config))
+    sys.stdout.write(render(config))
+    return 0
+
+
+async def _on_database(
+    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[R]]
+) -> R:
+    """Run `work` on the configured database; its failures become one CliError line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pbx_controller.store.config_store import SchemaMissingError, StoredConfigError
+    from pbx_controller.store.db import (
+        DatabaseUrlError,
+        make_engine,
+        make_sessionmaker,
+        redact_url,
+    )
+    from pbx_controller.store.outbox import describe_database_error
+
+    # The engine's INFO line would mix with the change list on the terminal.
+    setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    url = settings.database.url.get_secret_value()
+    where = f"database {redact_url(url)}"
+    try:
+        engine = make_engine(url)
+    except DatabaseUrlError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:  # SQLite: its directory cannot be created
+        raise CliError(f"{where}: {exc}") from None
+    try:
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            return await work(make_sessionmaker(engine))
+    except TimeoutError:
+        raise CliError(f"{where} did not answer within {DB_TIMEOUT_S:.0f}s") from None
+    except (SchemaMissingError, StoredConfigError) as exc:
+        raise CliError(f"{where}: {exc}") from None
+    except (OSError, SQLAlchemyError) as exc:
+        raise CliError(f"{where} is unreachable: {describe_database_error(exc, url)}") from None
+    finally:
+        await engine.dispose()
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    config = subparsers.add_parser(
+        "config",
+        help="tenants, DIDs, queues, agents and skills from one pbx.toml",
+        description="Declarative configuration: apply a pbx.toml to the database, "
+        "or print what the database holds.",
+    )
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    apply = actions.add_parser(
+        "apply",
+        help="make the database match FILE, printing each change",
+        description="Validate FILE, print what differs from the database "
+        "(+ created, ~ changed, - removed or deactivated) and write it in one transaction.",
+    )
+    apply.add_argument("file", type=Path, metavar="FILE", help="the pbx.toml to apply")
+    apply.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    apply.set_defaults(func=run_apply)
+    show = actions.add_parser(
+        "show",
+        help="print the stored configuration as pbx.toml",
+        description="Print tenants, DIDs, queues and agents as a pbx.toml that "
+        "`config apply` accepts unchanged.",
+    )
+    show.set_defaults(func=run_show)
