@@ -1,18 +1,48 @@
-"""`pbxctl serve` runs the controller; `pbxctl db upgrade` migrates the database."""
+"""`pbxctl serve` runs the controller; `pbxctl db upgrade` migrates the database.
+
+Start-up needs the database (migrations, then the tenants and DIDs): if it
+does not answer, `serve` exits at once with one line and status 2, before
+taking any call. Once running, every CDR goes through the durable outbox in
+`settings.data_dir / "outbox"` in front of the database, so a database
+outage no longer touches calls: CDRs wait on disk and drain, in order, when
+the database is back. Start order: database, outbox (its backlog from an
+earlier run starts draining), controller. On SIGTERM or SIGINT the
+controller stops first (no new CDRs), then the outbox gets
+`SHUTDOWN_FLUSH_S` to deliver; what is left stays on disk for the next start.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbx_controller.cli.main import CliError
 from pbx_controller.config import ConfigError, Settings, load_settings
 from pbx_controller.logs import setup_logging
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from pbx_controller.core.model import Directory
+
+E = TypeVar("E", bound=BaseException)
+
+# The database must answer this fast at start-up (asyncpg would wait 60 s
+# for a host that drops packets).
+STARTUP_DB_TIMEOUT_S = 15.0
+# What SIGTERM leaves the outbox to deliver before the process exits.
+SHUTDOWN_FLUSH_S = 5.0
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    serve = sub.add_parser("serve", help="run the controller until SIGTERM")
+    serve = sub.add_parser(
+        "serve",
+        help="run the controller until SIGTERM",
+        description="Run pbx-controller: migrate the database, load tenants and DIDs, "
+        "connect to Asterisk (ARI, AMI) and serve FastAGI until SIGTERM or SIGINT.",
+    )
     serve.add_argument(
         "--no-migrate", action="store_true", help="do not apply pending migrations at start"
     )
@@ -39,20 +69,99 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, *, migrate: bool) -> None:
+    from pbx_controller.asterisk.ari import AriError
     from pbx_controller.service import serve
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
-    from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
-    from pbx_controller.store.directory import load_directory
+    from pbx_controller.store.db import make_sessionmaker
+    from pbx_controller.store.outbox import CdrOutbox, OutboxError
 
     url = settings.database.url.get_secret_value()
-    if migrate:
-        await upgrade_to_head(url)
-    engine = make_engine(url)
+    engine, directory = await _open_database(url, migrate=migrate)
     try:
-        sessions = make_sessionmaker(engine)
-        directory = await load_directory(sessions)
-        await serve(settings, directory, DatabaseCdrSink(sessions))
+        outbox = CdrOutbox(
+            settings.data_dir / "outbox",
+            DatabaseCdrSink(make_sessionmaker(engine)),
+            database_url=url,
+        )
+        try:
+            await outbox.open()
+        except (OutboxError, OSError) as exc:
+            raise CliError(f"CDR outbox: {exc}") from None
+        try:
+            outbox.start()
+            try:
+                await serve(settings, directory, outbox)
+            except AriError as exc:
+                raise CliError(str(exc)) from None
+            except BaseExceptionGroup as group:  # the controller's TaskGroup
+                ari = _first(group, AriError)
+                if ari is None:
+                    raise
+                raise CliError(str(ari)) from None
+        finally:
+            await outbox.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
     finally:
+        await engine.dispose()
+
+
+async def _open_database(url: str, *, migrate: bool) -> tuple[AsyncEngine, Directory]:
+    """Migrate and load the directory, or raise CliError with one clean line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pbx_controller.store.config_store import SchemaMissingError, StoredConfigError
+    from pbx_controller.store.db import (
+        DatabaseUrlError,
+        make_engine,
+        make_sessionmaker,
+        redact_url,
+        upgrade_to_head,
+    )
+    from pbx_controller.store.directory import load_directory
+    from pbx_controller.store.outbox import describe_database_error
+
+    try:
+        engine = make_engine(url)
+    except DatabaseUrlError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:  # SQLite: its directory cannot be created
+        raise CliError(f"database {redact_url(url)}: {exc}") from None
+    try:
+        async with asyncio.timeout(STARTUP_DB_TIMEOUT_S):
+            if migrate:
+                await upgrade_to_head(url)
+            directory = await load_directory(make_sessionmaker(engine))
+    except TimeoutError:
+        await _dispose_quietly(engine)
+        raise CliError(
+            f"database {redact_url(url)} did not answer within {STARTUP_DB_TIMEOUT_S:.0f}s"
+        ) from None
+    except (StoredConfigError, SchemaMissingError) as exc:
+        # Configuration in the database that the controller cannot use.
+        await _dispose_quietly(engine)
+        raise CliError(f"database {redact_url(url)}: {exc}") from None
+    except (OSError, SQLAlchemyError) as exc:
+        await _dispose_quietly(engine)
+        raise CliError(
+            f"database {redact_url(url)} is unreachable: {describe_database_error(exc, url)}"
+        ) from None
+    except BaseException:
+        await _dispose_quietly(engine)
+        raise
+    return engine, directory
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[E]) -> E | None:
+    """The first `kind` exception inside `group`, at any depth."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _first(exc, kind)) is not None:
+            return found
+    return None
+
+
+async def _dispose_quietly(engine: AsyncEngine) -> None:
+    with contextlib.suppress(Exception):
         await engine.dispose()
 
 

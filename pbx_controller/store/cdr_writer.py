@@ -49,9 +49,29 @@ class DatabaseCdrSink:
         if not cdrs:
             return
         rows = [cdr_row(c) for c in cdrs]
+        segments = [
+            {
+                "call_id": uuid.UUID(c.call_id),
+                "seq": seq,
+                "kind": s.kind,
+                "agent_id": s.agent_id,
+                "started_at": s.started_at,
+                "ended_at": s.ended_at,
+                "outcome": s.outcome,
+            }
+            for c in cdrs
+            for seq, s in enumerate(c.segments)
+        ]
         async with self.sessions() as session, session.begin():
             dialect = session.get_bind().dialect.name
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            statement = insert(m.Cdr).values(rows)
-            # First write wins: a replay of the same call changes nothing.
-            await session.execute(statement.on_conflict_do_nothing(index_elements=["call_id"]))
+            # One statement executed for many rows (compiled once), and the
+            # first write wins: a replay of the same call changes nothing.
+            await session.execute(
+                insert(m.Cdr).on_conflict_do_nothing(index_elements=["call_id"]), rows
+            )
+            if segments:
+                await session.execute(
+                    insert(m.CdrSegment).on_conflict_do_nothing(index_elements=["call_id", "seq"]),
+                    segments,
+                )
