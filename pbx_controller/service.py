@@ -316,13 +316,18 @@ class Controller:
         return dialplan.get("app_name") == "Stasis" and data.split(",", 1)[0] == self.ari.app
 
 
-async def serve(settings: Settings, directory: Directory, cdrs: CdrSink) -> None:
+async def serve(
+    settings: Settings,
+    directory: Directory,
+    cdrs: CdrSink,
+    agent_log: AgentLogSink | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down in reverse order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    controller = Controller(settings, directory, cdrs)
+    controller = Controller(settings, directory, cdrs, agent_log=agent_log)
     run = asyncio.create_task(controller.run(), name="controller")
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -71,6 +71,7 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(settings: Settings, *, migrate: bool) -> None:
     from pbx_controller.asterisk.ari import AriError
     from pbx_controller.service import serve
+    from pbx_controller.store.agent_log import DatabaseAgentLog
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
     from pbx_controller.store.db import make_sessionmaker
     from pbx_controller.store.outbox import CdrOutbox, OutboxError
@@ -87,10 +88,12 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             await outbox.open()
         except (OutboxError, OSError) as exc:
             raise CliError(f"CDR outbox: {exc}") from None
+        agent_log = DatabaseAgentLog(make_sessionmaker(engine))
+        agent_log.start()
         try:
             outbox.start()
             try:
-                await serve(settings, directory, outbox)
+                await serve(settings, directory, outbox, agent_log)
             except AriError as exc:
                 raise CliError(str(exc)) from None
             except BaseExceptionGroup as group:  # the controller's TaskGroup
@@ -99,6 +102,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
                     raise
                 raise CliError(str(ari)) from None
         finally:
+            await agent_log.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
             await outbox.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
     finally:
         await engine.dispose()

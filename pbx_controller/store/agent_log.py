@@ -1,0 +1,86 @@
+"""agent_state_log rows from the engine's agent state changes.
+
+Readiness billing is derived from these rows, so they are written in order
+by one task, and a database outage only delays them: the writer retries
+with capped backoff and keeps the backlog in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pbx_controller.core.agent import AgentStateRecord
+from pbx_controller.store import models as m
+
+log = logging.getLogger(__name__)
+
+
+def log_row(record: AgentStateRecord) -> m.AgentStateLog:
+    return m.AgentStateLog(
+        agent_id=record.agent_id,
+        state=record.state.value,
+        reason=record.reason,
+        tenant_ids=list(record.tenants),
+        at=record.at,
+    )
+
+
+class DatabaseAgentLog:
+    """An AgentLogSink: `write` queues the row; `run` writes them in order."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, batch: int = 200) -> None:
+        self.sessions = sessions
+        self.batch = batch
+        self._queue: asyncio.Queue[AgentStateRecord] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def write(self, record: AgentStateRecord) -> None:
+        self._queue.put_nowait(record)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-log")
+
+    async def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Write what is queued (within the timeout), then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(flush_timeout_s):
+                await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.backlog:
+            log.error("%d agent state changes were not written", self.backlog)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            records = [await self._queue.get()]
+            while len(records) < self.batch and not self._queue.empty():
+                records.append(self._queue.get_nowait())
+            while True:
+                try:
+                    async with self.sessions() as session, session.begin():
+                        session.add_all([log_row(r) for r in records])
+                    break
+                except Exception as exc:  # the database is down: keep them, retry
+                    failures += 1
+                    delay = min(5.0, 0.25 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+                    log.warning(
+                        "agent state log not written (%s); retrying in %.1fs",
+                        type(exc).__name__,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+            failures = 0
+            for _ in records:
+                self._queue.task_done()
