@@ -46,7 +46,8 @@ _EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
     (S.GREETING, "HangupRequested"): frozenset({S.ENDING}),
     # Waiting: routing offers the call; timers announce or overflow it.
     (S.QUEUED, "Offered"): frozenset({S.OFFERING}),
-    (S.QUEUED, "Overflowed"): frozenset({S.ENDING}),
+    # Overflow: to another queue of the tenant, or back to the dialplan.
+    (S.QUEUED, "Overflowed"): frozenset({S.QUEUED, S.ENDING}),
     (S.QUEUED, "TimerFired"): frozenset({S.QUEUED, S.ENDING}),
     (S.QUEUED, "PlaybackFinished"): frozenset({S.QUEUED}),
     (S.QUEUED, "DtmfReceived"): frozenset({S.QUEUED}),
@@ -56,7 +57,7 @@ _EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
     (S.OFFERING, "AgentLegAnswered"): frozenset({S.CONNECTED, S.OFFERING}),
     (S.OFFERING, "AgentLegGone"): frozenset({S.OFFERING, S.QUEUED}),
     (S.OFFERING, "TimerFired"): frozenset({S.OFFERING, S.QUEUED, S.ENDING}),
-    (S.OFFERING, "Overflowed"): frozenset({S.ENDING}),
+    (S.OFFERING, "Overflowed"): frozenset({S.QUEUED, S.ENDING}),
     (S.OFFERING, "PlaybackFinished"): frozenset({S.OFFERING}),
     (S.OFFERING, "DtmfReceived"): frozenset({S.OFFERING}),
     (S.OFFERING, "HangupRequested"): frozenset({S.ENDING}),
@@ -107,6 +108,8 @@ class Call:
     seq: int = 0
     priority: int = 0
     missed_by: frozenset[str] = frozenset()
+    queues_visited: tuple[str, ...] = ()
+    queue_timers: list[str] = field(default_factory=list)
     answered_at: datetime | None = None
     agent_id: str | None = None
     agent_channel: str | None = None

@@ -246,14 +246,17 @@ class Engine:
 
     # -- the queue ---------------------------------------------------------------------
 
-    def _enqueue(self, call: Call, queue: Queue, now: datetime) -> list[a.Action]:
+    def _enqueue(
+        self, call: Call, queue: Queue, now: datetime, via: str = "PlaybackFinished"
+    ) -> list[a.Action]:
         call.queue_id = queue.id
+        call.queues_visited += (queue.id,)
         call.enqueued_at = now
         self._seq += 1
         call.seq = self._seq
         call.priority = queue.priority_for(call.caller, call.did)
         waiting_here = sum(1 for w in self.waiting.values() if w.queue_id == queue.id)
-        self._move(call, "PlaybackFinished", CallState.QUEUED)
+        self._move(call, via, CallState.QUEUED)
         if not queue.admits(waiting_here):
             return self._overflow(call, now, "max_callers")
         if self.board.staffed(queue.id) == 0 and any(r.when_unstaffed for r in queue.overflow):
@@ -263,15 +266,20 @@ class Engine:
         )
         actions: list[a.Action] = [a.StartMoh(call.channel_id, queue.announcements.hold_music)]
         if queue.max_wait_ms is not None:
-            actions.append(a.StartTimer(call.timer_id("maxwait"), queue.max_wait_ms))
+            actions.append(self._queue_timer(call, "maxwait", queue.max_wait_ms))
         # Requirements relax with the wait: look again at each relaxation point.
         for after_ms in sorted({r.after_ms for req in queue.skills for r in req.relaxations}):
-            actions.append(a.StartTimer(call.timer_id("relax"), after_ms))
+            actions.append(self._queue_timer(call, "relax", after_ms))
         if queue.announcements.position or queue.announcements.estimated_wait:
-            actions.append(
-                a.StartTimer(call.timer_id("announce"), queue.announcements.first_after_ms)
-            )
+            actions.append(self._queue_timer(call, "announce", queue.announcements.first_after_ms))
         return actions + self._route(now)
+
+    @staticmethod
+    def _queue_timer(call: Call, kind: str, delay_ms: int) -> a.StartTimer:
+        # Remembered, so leaving the queue (overflow elsewhere) cancels them.
+        timer = a.StartTimer(call.timer_id(kind), delay_ms)
+        call.queue_timers.append(timer.timer_id)
+        return timer
 
     def _route(self, now: datetime) -> list[a.Action]:
         if not self.waiting:
@@ -334,16 +342,30 @@ class Engine:
             None,
         )
         actions = self._leave_queue(call, now)
+        actions += [a.CancelTimer(t) for t in call.queue_timers]
+        call.queue_timers.clear()
+        target = self.directory.queues.get(rule.queue_id) if rule and rule.queue_id else None
+        # Another queue of the same tenant, once per queue (no A -> B -> A loops).
+        if (
+            target is not None
+            and target.tenant_id == call.tenant_id
+            and target.id not in call.queues_visited
+        ):
+            return actions + self._enqueue(call, target, now, via="Overflowed")
         call.disposition = Disposition.OVERFLOW
         call.hangup_side = HangupSide.SYSTEM
         self._move(call, "Overflowed", CallState.ENDING)
         context = rule.dialplan_context if rule and rule.dialplan_context else OVERFLOW_CONTEXT
-        return [*actions, a.ContinueInDialplan(call.channel_id, context)]
+        return [
+            *actions,
+            a.StopMoh(call.channel_id),
+            a.ContinueInDialplan(call.channel_id, context),
+        ]
 
     def _announce(self, call: Call, now: datetime) -> list[a.Action]:
         queue = self._queue(call)
         settings = queue.announcements
-        actions: list[a.Action] = [a.StartTimer(call.timer_id("announce"), settings.every_ms)]
+        actions: list[a.Action] = [self._queue_timer(call, "announce", settings.every_ms)]
         media: list[str] = []
         position = queue_positions(
             [w for w in self.waiting.values() if w.queue_id == queue.id]
