@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from pbx_controller.api.server import http_api
 from pbx_controller.asterisk.agi import AgiServer, build_router, serve_agi
 from pbx_controller.asterisk.ami import AmiClient
 
@@ -85,4 +86,4 @@ async def ami_client(controller: Controller) -> AsyncIterator[AmiClient | None]:
         await client.close()
 
 
-DEFAULT_PARTS = (agi_server, ami_client)
+DEFAULT_PARTS = (agi_server, ami_client, http_api)

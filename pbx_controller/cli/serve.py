@@ -96,11 +96,13 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
                 await serve(settings, directory, outbox, agent_log)
             except AriError as exc:
                 raise CliError(str(exc)) from None
+            except OSError as exc:  # a listener's port is taken
+                raise CliError(str(exc)) from None
             except BaseExceptionGroup as group:  # the controller's TaskGroup
-                ari = _first(group, AriError)
-                if ari is None:
+                cause = _first(group, AriError) or _first(group, OSError)
+                if cause is None:
                     raise
-                raise CliError(str(ari)) from None
+                raise CliError(str(cause)) from None
         finally:
             await agent_log.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
             await outbox.close(flush_timeout_s=SHUTDOWN_FLUSH_S)

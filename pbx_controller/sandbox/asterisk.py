@@ -126,6 +126,7 @@ class SandboxEndpoints:
             "PBX_AMI__PASSWORD": self.ami_password,
             "PBX_AGI__HOST": "127.0.0.1",
             "PBX_AGI__PORT": str(self.agi_port),
+            "PBX_HTTP__PORT": "0",
         }
 
 
@@ -334,6 +335,8 @@ def controller_settings(sandbox: SandboxAsterisk, **overrides: object) -> Settin
             "password": SecretStr(e.ami_password),
         },
         "agi": {"host": "127.0.0.1", "port": e.agi_port},
+        # Any free port: tests and the demo must not collide on 8780.
+        "http": {"host": "127.0.0.1", "port": 0},
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
