@@ -104,7 +104,8 @@ class Call:
     tenant_id: str | None = None
     queue_id: str | None = None
     state: CallState = CallState.NEW
-    enqueued_at: datetime | None = None
+    enqueued_at: datetime | None = None  # in the current queue (routing, relaxation)
+    first_enqueued_at: datetime | None = None
     seq: int = 0
     priority: int = 0
     missed_by: frozenset[str] = frozenset()
@@ -123,6 +124,7 @@ class Call:
     legs: int = 0
     timers: int = 0
     announcing: bool = False
+    announcement: str | None = None  # the playback id of the current announcement
     # Open offers: agent id -> (its leg's channel id, when it started ringing).
     ringing: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     segments: list[CdrSegment] = field(default_factory=list)

@@ -182,13 +182,19 @@ class Engine:
     def _action_failed(self, call: Call, event: e.ActionFailed, now: datetime) -> list[a.Action]:
         if call.state is CallState.ENDING:
             return self._move(call, "ActionFailed", CallState.ENDING)
-        if event.action in ("StartMoh", "StopMoh", "Play") and call.state in (
-            CallState.QUEUED,
-            CallState.OFFERING,
+        if (
+            not event.gone
+            and event.action in ("StartMoh", "StopMoh", "Play")
+            and call.state in (CallState.QUEUED, CallState.OFFERING)
         ):
-            # Hold music or an announcement failed: the caller still waits.
+            # Hold music or an announcement failed: the caller still waits,
+            # and a failed announcement gives the hold music back.
+            self._move(call, "ActionFailed", call.state)
+            if call.announcing and event.action == "Play":
+                call.announcing = False
+                return [a.StartMoh(call.channel_id, self._queue(call).announcements.hold_music)]
             call.announcing = False
-            return self._move(call, "ActionFailed", call.state)
+            return []
         was_connected = call.state is CallState.CONNECTED
         self._move(call, "ActionFailed", CallState.ENDING)
         actions = self._end_agent_side(call, now) if was_connected else self._leave_queue(call, now)
@@ -200,6 +206,10 @@ class Engine:
             return actions  # the end of the channel follows
         call.disposition = Disposition.FAILED
         call.hangup_side = HangupSide.SYSTEM
+        if was_connected:
+            # The bridge never formed: nothing was talked, nothing is billed.
+            call.answered_at = None
+            call.talk_ended_at = None
         # Never leave a caller in silence: the dialplan has a fallback.
         return [*actions, a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
 
@@ -234,7 +244,8 @@ class Engine:
                 call.hangup_side = HangupSide.CALLER
             actions += self._leave_queue(call, now)
         elif call.state is CallState.CONNECTED:
-            call.hangup_side = HangupSide.CALLER
+            lost = isinstance(event, e.ChannelHungUp) and event.lost
+            call.hangup_side = HangupSide.SYSTEM if lost else HangupSide.CALLER
             actions += self._end_agent_side(call, now)
         self._move(call, type(event).__name__, CallState.ENDED)
         # Clocks can step back, and an adopted call's arrival is Asterisk's
@@ -252,6 +263,8 @@ class Engine:
         call.queue_id = queue.id
         call.queues_visited += (queue.id,)
         call.enqueued_at = now
+        if call.first_enqueued_at is None:
+            call.first_enqueued_at = now  # the caller's whole wait, across overflows
         self._seq += 1
         call.seq = self._seq
         call.priority = queue.priority_for(call.caller, call.did)
@@ -385,7 +398,9 @@ class Engine:
         self._move(call, "TimerFired", call.state)
         if media and not call.announcing:
             call.announcing = True
-            actions += [a.StopMoh(call.channel_id), self._play(call, tuple(media))]
+            play = self._play(call, tuple(media))
+            call.announcement = play.playback_id
+            actions += [a.StopMoh(call.channel_id), play]
         return actions
 
     def _leave_queue(self, call: Call, now: datetime) -> list[a.Action]:
@@ -463,6 +478,9 @@ class Engine:
         call.bridge_id = f"{call.call_id}-bridge"
         call.disposition = Disposition.ANSWERED
         self._move(call, "AgentLegAnswered", CallState.CONNECTED)
+        if call.announcing and call.announcement is not None:
+            # The agent is there: cut the announcement, do not make them wait.
+            actions.append(a.StopPlayback(call.announcement))
         call.announcing = False
         return [
             *actions,
@@ -584,7 +602,9 @@ class Engine:
             hangup_side=call.hangup_side,
             queue_id=call.queue_id,
             agent_id=call.agent_id,
-            wait_ms=ms_between(call.enqueued_at, waited_until) if call.enqueued_at else 0,
+            wait_ms=(
+                ms_between(call.first_enqueued_at, waited_until) if call.first_enqueued_at else 0
+            ),
             talk_ms=ms_between(answered, talk_end) if answered else 0,
             segments=tuple(call.segments),
         )
