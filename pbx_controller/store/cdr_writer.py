@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.store import models as m
+from pbx_controller.store.recordings import link_cdrs
 
 
 def cdr_row(cdr: CdrRecord) -> dict[str, object]:
@@ -70,6 +71,8 @@ class DatabaseCdrSink:
             await session.execute(
                 insert(m.Cdr).on_conflict_do_nothing(index_elements=["call_id"]), rows
             )
+            # A recording written before its CDR gets linked now (either order works).
+            await link_cdrs(session, [uuid.UUID(c.call_id) for c in cdrs])
             if segments:
                 await session.execute(
                     insert(m.CdrSegment).on_conflict_do_nothing(index_elements=["call_id", "seq"]),
