@@ -90,6 +90,16 @@ CONSENT_TRANSITIONS: TransitionTable[ConsentState] = TransitionTable(
 )
 
 
+class WithdrawalPolicy(Enum):
+    """What happens to a recording when consent is withdrawn mid-call."""
+
+    DELETE = "delete"  # erase all of it
+    KEEP_UNTIL_WITHDRAWAL = "keep_until_withdrawal"  # keep what came before
+
+
+DIGITS = frozenset("0123456789*#")
+
+
 @dataclass(frozen=True, slots=True)
 class ConsentRules:
     policy: ConsentPolicy
@@ -98,6 +108,47 @@ class ConsentRules:
     prompt_version: str = "v1"
     # opt_in: how long we wait for the agree digit after the announcement.
     answer_timeout_ms: int = 5000
+    # Asterisk media URIs of the announcement; empty: the default for the policy.
+    prompt: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("agree_digit", "opt_out_digit"):
+            if getattr(self, name) not in DIGITS:
+                raise ValueError(f"{name} must be one DTMF digit (0-9, * or #)")
+        if self.agree_digit == self.opt_out_digit:
+            raise ValueError("agree_digit and opt_out_digit must differ")
+        if self.answer_timeout_ms <= 0:
+            raise ValueError("answer_timeout_ms must be positive")
+
+    def prompt_media(self) -> tuple[str, ...]:
+        """What the caller hears. The stock prompts (core sounds) are a
+        placeholder: a tenant records its own, in its language."""
+        if self.prompt:
+            return self.prompt
+        if self.policy is ConsentPolicy.NOTIFY:
+            # "This call is now being recorded. Press <opt-out digit> (to opt out)."
+            return ("sound:conf-now-recording", "sound:vm-press", f"digits:{self.opt_out_digit}")
+        # "Press <agree digit>" (to agree to the recording).
+        return ("sound:vm-press", f"digits:{self.agree_digit}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRules:
+    """How a tenant's consented recordings are kept."""
+
+    # Besides the WAV, which is always written: "mp3", "opus" (need ffmpeg).
+    formats: tuple[str, ...] = ()
+    withdrawal: WithdrawalPolicy = WithdrawalPolicy.DELETE
+    retention_days: int = 90
+
+    def __post_init__(self) -> None:
+        for fmt in self.formats:
+            if fmt not in ("mp3", "opus"):
+                raise ValueError(
+                    f"recording format {fmt!r}: choose mp3 or opus (WAV is always kept)"
+                )
+        if self.retention_days <= 0:
+            raise ValueError("retention_days must be positive")
 
 
 @dataclass(frozen=True, slots=True)

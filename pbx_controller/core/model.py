@@ -15,6 +15,12 @@ from enum import Enum
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
+from pbx_controller.core.consent import ConsentPolicy, ConsentRules, RecordingRules
+
+# Frozen, so one shared default instance is safe.
+OPT_IN = ConsentRules(ConsentPolicy.OPT_IN)
+KEEP_90_DAYS = RecordingRules()
+
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
@@ -27,6 +33,9 @@ class Tenant:
     greeting: tuple[str, ...] = ("sound:hello-world",)
     # None: always open.
     business_hours: BusinessHours | None = None
+    # Recording consent: opt_in (explicit) is the GDPR-safe default.
+    consent: ConsentRules = OPT_IN
+    recording: RecordingRules = KEEP_90_DAYS
 
     def __post_init__(self) -> None:
         if not self.id:
