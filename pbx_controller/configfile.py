@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pbx_controller.core.consent import ConsentPolicy
+from pbx_controller.core.consent import (
+    DIGITS,
+    ConsentPolicy,
+    ConsentRules,
+    RecordingRules,
+    WithdrawalPolicy,
+)
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -47,7 +53,9 @@ from pbx_controller.core.model import (
 )
 
 __all__ = [
+    "DEFAULT_CONSENT",
     "DEFAULT_GREETING",
+    "RECORDING_FORMATS",
     "RESERVED_PREFIX",
     "Change",
     "ConfigFileError",
@@ -65,6 +73,11 @@ __all__ = [
 DEFAULT_GREETING = ("sound:hello-world",)
 DEFAULT_MAX_WAIT_MS = 300_000  # the database requires a limit (queue.max_wait_ms > 0)
 DEFAULT_RETENTION_DAYS = 90
+# A tenant whose file says nothing about consent asks for it explicitly
+# (GDPR-safe); the core's own Tenant default never records at all.
+DEFAULT_CONSENT = ConsentRules(ConsentPolicy.OPT_IN)
+# Besides the WAV, which is always kept; rendered and stored in this order.
+RECORDING_FORMATS = ("mp3", "opus")
 # Durations fit the database's INTEGER columns (about 24 days).
 MAX_MS = 2**31 - 1
 # Queue names and agent endpoints starting with this are the store's own
@@ -88,16 +101,23 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 @dataclass(frozen=True, slots=True)
 class TenantConfig:
-    """A tenant as configured: the core's Tenant plus what only the store and
-    the recording flow read."""
+    """A tenant as configured. Everything, consent and recording rules
+    included, lives in the core's Tenant (what the engine reads); the
+    properties are shorthands for the store and the CLI."""
 
     tenant: Tenant
-    consent_policy: ConsentPolicy = ConsentPolicy.NOTIFY
-    recording_retention_days: int = DEFAULT_RETENTION_DAYS
 
     @property
     def id(self) -> str:
         return self.tenant.id
+
+    @property
+    def consent_policy(self) -> ConsentPolicy:
+        return self.tenant.consent.policy
+
+    @property
+    def recording_retention_days(self) -> int:
+        return self.tenant.recording.retention_days
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +448,13 @@ def _tenant(tenant_id: str, t: _Table) -> tuple[TenantConfig, list[tuple[str, Di
         "timezone",
         "greeting",
         "consent_policy",
+        "consent_agree_digit",
+        "consent_opt_out_digit",
+        "consent_timeout_s",
+        "consent_prompt_version",
+        "consent_prompt",
+        "recording_formats",
+        "recording_withdrawal",
         "recording_retention_days",
         "hours",
         "dids",
@@ -438,28 +465,90 @@ def _tenant(tenant_id: str, t: _Table) -> tuple[TenantConfig, list[tuple[str, Di
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise _Invalid(t.at("timezone"), f"{timezone!r} is not an IANA time zone") from None
-    greeting = _greeting(t)
-    policy_text = t.text("consent_policy", ConsentPolicy.NOTIFY.value, max_len=16)
-    try:
-        policy = ConsentPolicy(policy_text)
-    except ValueError:
-        choices = ", ".join(p.value for p in ConsentPolicy)
-        raise _Invalid(t.at("consent_policy"), f"must be one of {choices}") from None
-    retention = t.integer("recording_retention_days", DEFAULT_RETENTION_DAYS, lo=1, hi=36500)
+    greeting = _sounds(t, "greeting", DEFAULT_GREETING, "e.g. 'sound:hello-world'")
+    consent = _consent(t)
+    recording = RecordingRules(
+        formats=_recording_formats(t),
+        withdrawal=_choice(t, "recording_withdrawal", WithdrawalPolicy.DELETE),
+        retention_days=t.integer(
+            "recording_retention_days", DEFAULT_RETENTION_DAYS, lo=1, hi=36500
+        ),
+    )
     hours_table = t.table("hours")
     hours = None if hours_table is None else _hours(hours_table)
-    tenant = TenantConfig(Tenant(tenant_id, name, timezone, greeting, hours), policy, retention)
+    tenant = TenantConfig(
+        Tenant(tenant_id, name, timezone, greeting, hours, consent=consent, recording=recording)
+    )
     dids = [(path, _did(tenant_id, path, item)) for path, item in t.array("dids")]
     return tenant, dids
 
 
-def _greeting(t: _Table) -> tuple[str, ...]:
-    value = t.data.get("greeting", _MISSING)
+E = TypeVar("E", ConsentPolicy, WithdrawalPolicy)
+
+
+def _choice(t: _Table, key: str, default: E) -> E:
+    text = t.text(key, default.value, max_len=32)
+    try:
+        return type(default)(text)
+    except ValueError:
+        choices = ", ".join(str(c.value) for c in type(default))
+        raise _Invalid(t.at(key), f"must be one of {choices}") from None
+
+
+def _digit(t: _Table, key: str, default: str) -> str:
+    value = t.data.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _Invalid(t.at(key), f'must be a string (quote it: "{value}")')
+    digit = _string(value, t.at(key), max_len=16)
+    if digit not in DIGITS:
+        raise _Invalid(t.at(key), f"{digit!r} is not one DTMF digit (0-9, * or #)")
+    return digit
+
+
+def _consent(t: _Table) -> ConsentRules:
+    default = DEFAULT_CONSENT
+    agree = _digit(t, "consent_agree_digit", default.agree_digit)
+    opt_out = _digit(t, "consent_opt_out_digit", default.opt_out_digit)
+    if agree == opt_out:
+        # Name the key the file wrote (the other may be the default).
+        key = "opt_out" if "consent_opt_out_digit" in t.data else "agree"
+        other = "agree" if key == "opt_out" else "opt_out"
+        raise _Invalid(
+            t.at(f"consent_{key}_digit"),
+            f"{agree!r} is also consent_{other}_digit: the two must differ",
+        )
+    return ConsentRules(
+        policy=_choice(t, "consent_policy", default.policy),
+        agree_digit=agree,
+        opt_out_digit=opt_out,
+        # Kept with every recording as evidence of what the caller heard.
+        prompt_version=t.text("consent_prompt_version", default.prompt_version, max_len=64),
+        answer_timeout_ms=t.ms("consent_timeout_s", default.answer_timeout_ms, positive=True),
+        prompt=_sounds(t, "consent_prompt", (), "or omit it for the policy's stock prompt"),
+    )
+
+
+def _recording_formats(t: _Table) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for path, item in t.array("recording_formats"):
+        fmt = _string(item, path, max_len=16)
+        if fmt not in RECORDING_FORMATS:
+            choices = " or ".join(RECORDING_FORMATS)
+            raise _Invalid(path, f"{fmt!r} is not {choices} (the WAV is always kept)")
+        if fmt in seen:
+            raise _Invalid(path, f"{fmt!r} is also {seen[fmt]}")
+        seen[fmt] = path
+    return tuple(f for f in RECORDING_FORMATS if f in seen)
+
+
+def _sounds(t: _Table, key: str, default: tuple[str, ...], hint: str) -> tuple[str, ...]:
+    """A media URI or a list of them, played in order."""
+    value = t.data.get(key, _MISSING)
     if value is _MISSING:
-        return DEFAULT_GREETING
-    items = [(t.at("greeting"), value)] if isinstance(value, str) else t.array("greeting")
+        return default
+    items = [(t.at(key), value)] if isinstance(value, str) else t.array(key)
     if not items:
-        raise _Invalid(t.at("greeting"), "needs at least one sound, e.g. 'sound:hello-world'")
+        raise _Invalid(t.at(key), f"needs at least one sound, {hint}")
     sounds = []
     for path, item in items:
         sound = _string(item, path, max_len=255)
@@ -468,7 +557,7 @@ def _greeting(t: _Table) -> tuple[str, ...]:
             raise _Invalid(path, f"{sound!r} is not a media URI like 'sound:hello-world'")
         sounds.append(sound)
     if len("&".join(sounds)) > 255:
-        raise _Invalid(t.at("greeting"), "is longer than 255 characters in all")
+        raise _Invalid(t.at(key), "is longer than 255 characters in all")
     return tuple(sounds)
 
 
@@ -880,13 +969,22 @@ def _hours_doc(hours: BusinessHours) -> dict[str, Any]:
 
 def _tenant_doc(tc: TenantConfig) -> dict[str, Any]:
     t = tc.tenant
+    c, r = t.consent, t.recording
     doc: dict[str, Any] = {
         "name": t.name,
         "timezone": t.timezone,
         "greeting": list(t.greeting),
-        "consent_policy": tc.consent_policy.value,
-        "recording_retention_days": tc.recording_retention_days,
+        "consent_policy": c.policy.value,
+        "consent_agree_digit": c.agree_digit,
+        "consent_opt_out_digit": c.opt_out_digit,
+        "consent_timeout_s": _seconds(c.answer_timeout_ms),
+        "consent_prompt_version": c.prompt_version,
     }
+    if c.prompt:  # absent: the policy's stock prompt
+        doc["consent_prompt"] = list(c.prompt)
+    doc["recording_formats"] = list(r.formats)
+    doc["recording_withdrawal"] = r.withdrawal.value
+    doc["recording_retention_days"] = r.retention_days
     if t.business_hours is not None:
         doc["hours"] = _Sub(_hours_doc(t.business_hours))
     return doc

@@ -10,6 +10,9 @@ file again prints "no changes". `--dry-run` prints the plan and writes
 nothing. `show` prints the stored configuration as a file `apply` accepts,
 so `apply` of `show` changes nothing.
 
+A running controller reads the configuration when it starts: restart it
+(`pbxctl serve`) after an apply.
+
 Exit status: 0 done, 2 an invalid file (one line per problem, each naming
 its key) or the database unreachable or unmigrated.
 """
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
     from pbx_controller.config import Settings
 
-__all__ = ["DB_TIMEOUT_S", "register", "run_apply", "run_show"]
+__all__ = ["DB_TIMEOUT_S", "on_database", "register", "run_apply", "run_show"]
 
 R = TypeVar("R")
 
@@ -58,7 +61,7 @@ def run_apply(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     try:
         changes = asyncio.run(
-            _on_database(settings, lambda s: apply_config(s, desired, dry_run=args.dry_run))
+            on_database(settings, lambda s: apply_config(s, desired, dry_run=args.dry_run))
         )
     except ConfigFileError as exc:  # conflicts only the database reveals
         return _report(args.file, exc.problems)
@@ -78,12 +81,12 @@ def run_show(args: argparse.Namespace) -> int:
     from pbx_controller.store.config_store import load_config
 
     settings = settings_from(args)
-    config = asyncio.run(_on_database(settings, load_config))
+    config = asyncio.run(on_database(settings, load_config))
     sys.stdout.write(render(config))
     return 0
 
 
-async def _on_database(
+async def on_database(
     settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[R]]
 ) -> R:
     """Run `work` on the configured database; its failures become one CliError line."""
@@ -133,7 +136,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "apply",
         help="make the database match FILE, printing each change",
         description="Validate FILE, print what differs from the database "
-        "(+ created, ~ changed, - removed or deactivated) and write it in one transaction.",
+        "(+ created, ~ changed, - removed or deactivated) and write it in one transaction. "
+        "A running controller picks the change up when it restarts.",
     )
     apply.add_argument("file", type=Path, metavar="FILE", help="the pbx.toml to apply")
     apply.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")

@@ -11,7 +11,10 @@ Where things live:
 
 - tenant: columns, `business_hours` JSON ({"windows": [{"weekday": 0,
   "start": "08:00", "end": "18:00"}], "holidays": ["2026-12-25"]}), the
-  greeting sounds joined with "&" in `greeting_sound`.
+  greeting sounds joined with "&" in `greeting_sound`. Consent rules in
+  `consent_*` columns (the prompt joined with "&" like the greeting, NULL
+  for the policy's stock prompt), recording rules in `recording_*` columns
+  (`recording_formats` comma-separated: "", "mp3", "opus", "mp3,opus").
 - queue: scalar settings in columns (milliseconds); skills with their
   relaxations, priority and overflow rules, announcements, and each
   member's `order` and `weight` (queue_member has only `penalty`) in the
@@ -62,7 +65,12 @@ from pbx_controller.configfile import (
     diff,
     key_path,
 )
-from pbx_controller.core.consent import ConsentPolicy
+from pbx_controller.core.consent import (
+    ConsentPolicy,
+    ConsentRules,
+    RecordingRules,
+    WithdrawalPolicy,
+)
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -82,9 +90,11 @@ from pbx_controller.store.models import Base
 __all__ = [
     "SchemaMissingError",
     "StoredConfigError",
+    "UnknownTenantError",
     "apply_config",
     "load_config",
     "read_config",
+    "set_consent_policy",
 ]
 
 _T = Base.metadata.tables
@@ -102,6 +112,10 @@ class StoredConfigError(ValueError):
 
 class SchemaMissingError(RuntimeError):
     """The database has no tables yet: `pbxctl db upgrade` first."""
+
+
+class UnknownTenantError(LookupError):
+    """No active tenant has that id."""
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -209,6 +223,7 @@ def _tenant_from_row(row: Mapping[str, Any]) -> TenantConfig:
     with _row("tenant", row["id"]):
         greeting = tuple(row["greeting_sound"].split("&")) if row["greeting_sound"] else None
         hours = row["business_hours"]
+        formats = row["recording_formats"]
         return TenantConfig(
             Tenant(
                 id=row["id"],
@@ -216,9 +231,20 @@ def _tenant_from_row(row: Mapping[str, Any]) -> TenantConfig:
                 timezone=row["timezone"],
                 greeting=greeting or DEFAULT_GREETING,
                 business_hours=None if hours is None else _hours_from_json(hours),
-            ),
-            ConsentPolicy(row["consent_policy"]),
-            row["recording_retention_days"],
+                consent=ConsentRules(
+                    policy=ConsentPolicy(row["consent_policy"]),
+                    agree_digit=row["consent_agree_digit"],
+                    opt_out_digit=row["consent_opt_out_digit"],
+                    prompt_version=row["consent_prompt_version"],
+                    answer_timeout_ms=row["consent_timeout_ms"],
+                    prompt=tuple(row["consent_prompt"].split("&")) if row["consent_prompt"] else (),
+                ),
+                recording=RecordingRules(
+                    formats=tuple(formats.split(",")) if formats else (),
+                    withdrawal=WithdrawalPolicy(row["recording_withdrawal"]),
+                    retention_days=row["recording_retention_days"],
+                ),
+            )
         )
 
 
@@ -340,13 +366,21 @@ def _agent_from_row(
 def _tenant_values(tc: TenantConfig) -> dict[str, Any]:
     t = tc.tenant
     hours = t.business_hours
+    c, r = t.consent, t.recording
     return {
         "name": t.name,
         "timezone": t.timezone,
-        "consent_policy": tc.consent_policy.value,
+        "consent_policy": c.policy.value,
+        "consent_agree_digit": c.agree_digit,
+        "consent_opt_out_digit": c.opt_out_digit,
+        "consent_timeout_ms": c.answer_timeout_ms,
+        "consent_prompt_version": c.prompt_version,
+        "consent_prompt": "&".join(c.prompt) or None,
         "greeting_sound": "&".join(t.greeting),
         "business_hours": None if hours is None else _hours_to_json(hours),
-        "recording_retention_days": tc.recording_retention_days,
+        "recording_formats": ",".join(r.formats),
+        "recording_withdrawal": r.withdrawal.value,
+        "recording_retention_days": r.retention_days,
         "active": True,
     }
 
@@ -705,3 +739,29 @@ async def apply_config(
             await _execute(session, plan)
             await session.commit()
         return plan.changes
+
+
+async def set_consent_policy(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, policy: ConsentPolicy
+) -> ConsentPolicy:
+    """Set one active tenant's consent policy; returns the policy it had.
+    Raises UnknownTenantError for an unknown or deactivated tenant."""
+    async with sessions() as session:
+        await _require_schema(session)
+        connection = await session.connection()
+        if connection.dialect.name == "postgresql":
+            # Not in the middle of a `config apply`.
+            await session.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPLY_LOCK_KEY)))
+        old = await session.scalar(
+            sa.select(TENANT.c.consent_policy).where(TENANT.c.id == tenant_id, TENANT.c.active)
+        )
+        if old is None:
+            raise UnknownTenantError(tenant_id)
+        if old != policy.value:
+            await session.execute(
+                sa.update(TENANT)
+                .where(TENANT.c.id == tenant_id)
+                .values(consent_policy=policy.value)
+            )
+            await session.commit()
+        return ConsentPolicy(old)

@@ -1,6 +1,6 @@
 """Load the core's Directory from the database: tenants (greeting, time zone,
-business hours), DIDs and the queue each rings, queues, and agents with
-their skills and memberships.
+business hours, consent rules, recording rules), DIDs and the queue each
+rings, queues, and agents with their skills and memberships.
 
 It goes through `config_store.read_config`, the same read `pbxctl config
 show` prints, so the service, the CLI and the database agree. Deactivated

@@ -52,6 +52,10 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 # --------------------------------------------------------------------------
 
 ConsentPolicy = Literal["off", "notify", "opt_in"]
+DtmfDigit = Literal["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#"]
+# Extra formats besides the WAV: comma-separated, in this order (core RecordingRules).
+RecordingFormats = Literal["", "mp3", "opus", "mp3,opus"]
+WithdrawalPolicy = Literal["delete", "keep_until_withdrawal"]
 Direction = Literal["inbound", "outbound"]
 Disposition = Literal[
     "answered",
@@ -236,6 +240,14 @@ class Tenant(CreatedAt, Base):
     __table_args__ = (
         CheckConstraint("id <> ''", name="id_not_empty"),
         CheckConstraint(_one_of("consent_policy", ConsentPolicy), name="consent_policy"),
+        CheckConstraint(_one_of("consent_agree_digit", DtmfDigit), name="consent_agree_digit"),
+        CheckConstraint(_one_of("consent_opt_out_digit", DtmfDigit), name="consent_opt_out_digit"),
+        CheckConstraint("consent_agree_digit <> consent_opt_out_digit", name="consent_digits"),
+        CheckConstraint("consent_timeout_ms > 0", name="consent_timeout_ms"),
+        CheckConstraint(_one_of("recording_formats", RecordingFormats), name="recording_formats"),
+        CheckConstraint(
+            _one_of("recording_withdrawal", WithdrawalPolicy), name="recording_withdrawal"
+        ),
         CheckConstraint("recording_retention_days > 0", name="recording_retention_days"),
     )
 
@@ -244,12 +256,35 @@ class Tenant(CreatedAt, Base):
     timezone: Mapped[str] = mapped_column(
         String(64), server_default=text("'Europe/Warsaw'"), default="Europe/Warsaw"
     )
+    # Recording consent (core.consent.ConsentRules); opt_in is the GDPR-safe
+    # default. Rows from before migration 0002 keep the policy they had.
     consent_policy: Mapped[ConsentPolicy] = mapped_column(
-        String(16), server_default=text("'notify'"), default="notify"
+        String(16), server_default=text("'opt_in'"), default="opt_in"
     )
+    consent_agree_digit: Mapped[DtmfDigit] = mapped_column(
+        String(1), server_default=text("'1'"), default="1"
+    )
+    consent_opt_out_digit: Mapped[DtmfDigit] = mapped_column(
+        String(1), server_default=text("'9'"), default="9"
+    )
+    consent_timeout_ms: Mapped[int] = mapped_column(
+        Integer, server_default=text("5000"), default=5000
+    )
+    consent_prompt_version: Mapped[str] = mapped_column(
+        String(64), server_default=text("'v1'"), default="v1"
+    )
+    # Media URIs joined with "&" like greeting_sound; NULL: the policy's stock prompt.
+    consent_prompt: Mapped[str | None] = mapped_column(String(255))
     greeting_sound: Mapped[str | None] = mapped_column(String(255))
     # Weekly hours and holidays as the call flow reads them; NULL: always open.
     business_hours: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    # How consented recordings are kept (core.consent.RecordingRules).
+    recording_formats: Mapped[RecordingFormats] = mapped_column(
+        String(32), server_default=text("''"), default=""
+    )
+    recording_withdrawal: Mapped[WithdrawalPolicy] = mapped_column(
+        String(32), server_default=text("'delete'"), default="delete"
+    )
     recording_retention_days: Mapped[int] = mapped_column(
         Integer, server_default=text("90"), default=90
     )
@@ -623,6 +658,7 @@ __all__ = [
     "Did",
     "Direction",
     "Disposition",
+    "DtmfDigit",
     "ExactDecimal",
     "HangupSide",
     "Invoice",
@@ -632,8 +668,10 @@ __all__ = [
     "Queue",
     "QueueMember",
     "Recording",
+    "RecordingFormats",
     "SegmentKind",
     "Tenant",
     "UTCDateTime",
+    "WithdrawalPolicy",
     "utcnow",
 ]

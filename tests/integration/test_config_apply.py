@@ -19,6 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.cli.main import main
 from pbx_controller.configfile import ConfigFileError, PbxConfig, parse, render
+from pbx_controller.core.consent import (
+    ConsentPolicy,
+    ConsentRules,
+    RecordingRules,
+    WithdrawalPolicy,
+)
 from pbx_controller.store import models as m
 from pbx_controller.store.config_store import apply_config, load_config
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
@@ -308,6 +314,105 @@ async def test_rows_written_elsewhere_load_too(sessions: Sessions) -> None:
     assert directory.queue_for_did("48221009") is None
 
 
+async def test_consent_and_recording_rules_are_stored_and_loaded(sessions: Sessions) -> None:
+    await apply(sessions, EXAMPLE)
+    async with sessions() as session:
+        acme = await session.get_one(m.Tenant, "acme")
+        beta = await session.get_one(m.Tenant, "beta")
+    assert (
+        acme.consent_policy,
+        acme.consent_agree_digit,
+        acme.consent_opt_out_digit,
+        acme.consent_timeout_ms,
+        acme.consent_prompt_version,
+        acme.consent_prompt,
+        acme.recording_formats,
+        acme.recording_withdrawal,
+        acme.recording_retention_days,
+    ) == (
+        "notify",
+        "1",
+        "9",
+        5_000,
+        "2026-03",
+        "sound:conf-now-recording&sound:vm-press&digits:9",
+        "mp3",
+        "keep_until_withdrawal",
+        90,
+    )
+    assert (beta.consent_policy, beta.consent_timeout_ms, beta.consent_prompt) == (
+        "opt_in",
+        8_000,
+        None,
+    )
+    # What the engine gets.
+    tenants = (await load_directory(sessions)).tenants
+    assert tenants["acme"].consent == ConsentRules(
+        ConsentPolicy.NOTIFY,
+        prompt_version="2026-03",
+        prompt=("sound:conf-now-recording", "sound:vm-press", "digits:9"),
+    )
+    assert tenants["acme"].recording == RecordingRules(
+        ("mp3",), WithdrawalPolicy.KEEP_UNTIL_WITHDRAWAL, 90
+    )
+    assert tenants["beta"].consent == ConsentRules(ConsentPolicy.OPT_IN, answer_timeout_ms=8_000)
+    assert tenants["beta"].recording == RecordingRules((), WithdrawalPolicy.DELETE, 30)
+
+    # A change is exactly that change, both ways, and lands in the row.
+    changed = (
+        EXAMPLE.replace('recording_formats = ["mp3"]', 'recording_formats = ["opus", "mp3"]')
+        .replace('consent_opt_out_digit = "9"', 'consent_opt_out_digit = "#"')
+        .replace("consent_timeout_s = 8", "consent_timeout_s = 7.5")
+    )
+    assert await apply(sessions, changed) == [
+        '~ tenant acme: consent_opt_out_digit "9" -> "#"',
+        '~ tenant acme: recording_formats ["mp3"] -> ["mp3", "opus"]',
+        "~ tenant beta: consent_timeout_s 8 -> 7.5",
+    ]
+    assert await load_config(sessions) == parse(changed)
+    assert (
+        await scalar(sessions, sa.select(m.Tenant.recording_formats).where(m.Tenant.id == "acme"))
+        == "mp3,opus"
+    )
+    assert await apply(sessions, changed) == []
+    without_prompt = changed.replace("consent_prompt = [", "# consent_prompt = [")
+    assert await apply(sessions, without_prompt) == [
+        '~ tenant acme: -consent_prompt ["sound:conf-now-recording", "sound:vm-press", "digits:9"]'
+    ]
+    assert (
+        await scalar(sessions, sa.select(m.Tenant.consent_prompt).where(m.Tenant.id == "acme"))
+        is None
+    )
+    assert await apply(sessions, EXAMPLE) != []
+    assert await load_config(sessions) == parse(EXAMPLE)
+
+
+async def test_a_new_tenant_asks_for_consent(sessions: Sessions) -> None:
+    """opt_in is the default from the file and for rows written by hand;
+    pbx.toml's own default used to be notify."""
+    await apply(sessions, '[tenants.newco]\nname = "NewCo"\n')
+    async with sessions.begin() as session:
+        await session.execute(sa.text("INSERT INTO tenant (id, name) VALUES ('byhand', 'By hand')"))
+        await session.execute(
+            sa.text("INSERT INTO tenant (id, name, consent_policy) VALUES ('old', 'Old', 'notify')")
+        )
+    # A file written for the old default now asks for opt_in, visibly.
+    old_file = '[tenants.newco]\nname = "NewCo"\n[tenants.old]\nname = "Old"\n'
+    assert await apply(sessions, old_file, dry_run=True) == [
+        "- tenant byhand",
+        '~ tenant old: consent_policy "notify" -> "opt_in"',
+    ]
+    policies = await scalar(
+        sessions, sa.select(sa.func.count()).where(m.Tenant.consent_policy == "opt_in")
+    )
+    assert policies == 2
+    tenants = (await load_directory(sessions)).tenants
+    assert (
+        tenants["newco"].consent == tenants["byhand"].consent == ConsentRules(ConsentPolicy.OPT_IN)
+    )
+    assert tenants["byhand"].recording == RecordingRules()
+
+
 async def test_a_did_may_not_name_another_tenants_queue(sessions: Sessions) -> None:
     await apply(sessions, EXAMPLE)
     crossed = EXAMPLE.replace(
@@ -361,6 +466,61 @@ async def test_pbxctl_apply_and_show(sessions: Sessions, pbxctl: Pbxctl, tmp_pat
     assert err == f"pbxctl: error: {path}: {problem}\n"
 
 
+async def test_pbxctl_tenant_set_consent(
+    sessions: Sessions, pbxctl: Pbxctl, tmp_path: Path
+) -> None:
+    run = pbxctl
+    await apply(sessions, EXAMPLE)
+    assert await run("tenant", "set-consent", "acme", "opt_in") == (
+        0,
+        "acme: consent_policy notify -> opt_in\n"
+        "restart the controller for calls to use it; update pbx.toml to match\n",
+        "",
+    )
+    policy = sa.select(m.Tenant.consent_policy).where(m.Tenant.id == "acme")
+    assert await scalar(sessions, policy) == "opt_in"
+    status, shown, _ = await run("config", "show")
+    assert status == 0
+    assert parse(shown).directory().tenants["acme"].consent.policy is ConsentPolicy.OPT_IN
+    # The rest of the tenant's rules are untouched.
+    acme = parse(EXAMPLE).directory().tenants["acme"]
+    assert parse(shown).directory().tenants["acme"].consent == ConsentRules(
+        ConsentPolicy.OPT_IN, prompt_version="2026-03", prompt=acme.consent.prompt
+    )
+    assert await run("tenant", "set-consent", "acme", "opt_in") == (
+        0,
+        "acme: consent_policy is already opt_in (no change)\n",
+        "",
+    )
+    # The file still says notify: applying it sets notify again.
+    path = tmp_path / "pbx.toml"
+    path.write_text(EXAMPLE)
+    status, out, _ = await run("config", "apply", str(path))
+    assert (status, out.splitlines()[0]) == (
+        0,
+        '~ tenant acme: consent_policy "opt_in" -> "notify"',
+    )
+
+    # Operator errors: one line, exit 2, nothing written.
+    assert await run("tenant", "set-consent", "acme", "always") == (
+        2,
+        "",
+        "pbxctl: error: POLICY: 'always' is not one of off, notify, opt_in\n",
+    )
+    assert await run("tenant", "set-consent", "nobody", "off") == (
+        2,
+        "",
+        "pbxctl: error: TENANT: no tenant 'nobody' (or it is deactivated)\n",
+    )
+    await add_cdr(sessions, "beta", "beta-support", "celina")
+    await apply(sessions, without_tenant_beta(EXAMPLE))  # beta is deactivated
+    status, _, err = await run("tenant", "set-consent", "beta", "off")
+    assert (status, err) == (2, "pbxctl: error: TENANT: no tenant 'beta' (or it is deactivated)\n")
+    assert await scalar(sessions, policy) == "notify"
+    beta = sa.select(m.Tenant.consent_policy).where(m.Tenant.id == "beta")
+    assert await scalar(sessions, beta) == "opt_in"
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_pbxctl_database_problems(
     pbxctl: Pbxctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -370,6 +530,9 @@ async def test_pbxctl_database_problems(
     path.write_text(EXAMPLE)
     # Unmigrated: a hint, not a traceback.
     status, _, err = await run("config", "show")
+    assert status == 2
+    assert "run `pbxctl db upgrade` first" in err
+    status, _, err = await run("tenant", "set-consent", "acme", "off")
     assert status == 2
     assert "run `pbxctl db upgrade` first" in err
     # Unreachable: the message never shows the password.

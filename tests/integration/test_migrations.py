@@ -235,3 +235,74 @@ def test_migration_history_is_one_linear_chain() -> None:
         assert newer.down_revision == older.revision
     for revision in revisions:
         assert callable(getattr(revision.module, "downgrade", None)), revision.revision
+
+
+async def execute(url: str, *statements: str) -> list[Any]:
+    """Run raw SQL in one committed transaction; the last statement's rows."""
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as connection:
+            rows: list[Any] = []
+            for sql in statements:
+                result = await connection.exec_driver_sql(sql)
+                rows = list(result) if result.returns_rows else []
+            return rows
+    finally:
+        await engine.dispose()
+
+
+async def test_0002_keeps_each_tenants_policy_and_new_tenants_opt_in(database_url: str) -> None:
+    """Tenants written under 0001 keep their consent policy (the old default,
+    notify) and get the old behaviour's rules; only new rows default to
+    opt_in. Their DIDs still point at them (SQLite copies the table)."""
+    await upgrade_to_head(database_url)
+    await downgrade_to(database_url, "0001")
+    await execute(
+        database_url,
+        "INSERT INTO tenant (id, name) VALUES ('old', 'Old')",
+        "INSERT INTO tenant (id, name, consent_policy) VALUES ('off', 'Off', 'off')",
+        "INSERT INTO did (number, tenant_id) VALUES ('48221001', 'old')",
+    )
+
+    await upgrade_to_head(database_url)
+
+    columns = (
+        "id, consent_policy, consent_agree_digit, consent_opt_out_digit, consent_timeout_ms,"
+        " consent_prompt_version, consent_prompt, recording_formats, recording_withdrawal,"
+        " recording_retention_days"
+    )
+    select = f"SELECT {columns} FROM tenant ORDER BY id"
+    rows = await execute(
+        database_url, "INSERT INTO tenant (id, name) VALUES ('new', 'New')", select
+    )
+    assert [tuple(r) for r in rows] == [
+        ("new", "opt_in", "1", "9", 5000, "v1", None, "", "delete", 90),
+        ("off", "off", "1", "9", 5000, "v1", None, "", "delete", 90),
+        ("old", "notify", "1", "9", 5000, "v1", None, "", "delete", 90),
+    ]
+    assert await execute(database_url, "SELECT tenant_id FROM did") == [("old",)]
+    for bad in (
+        "consent_agree_digit = 'x'",
+        "consent_opt_out_digit = '1'",  # the agree digit
+        "consent_timeout_ms = 0",
+        "recording_formats = 'opus,mp3'",  # not the canonical order
+        "recording_withdrawal = 'keep'",
+    ):
+        with pytest.raises(sa.exc.IntegrityError):
+            await execute(database_url, f"UPDATE tenant SET {bad} WHERE id = 'new'")
+    with pytest.raises(sa.exc.IntegrityError):  # the foreign key survived the copy
+        await execute(database_url, "INSERT INTO did (number, tenant_id) VALUES ('1', 'nobody')")
+
+    await downgrade_to(database_url, "0001")
+    rows = await execute(
+        database_url,
+        "INSERT INTO tenant (id, name) VALUES ('newer', 'Newer')",
+        "SELECT id, consent_policy FROM tenant ORDER BY id",
+    )
+    assert [tuple(r) for r in rows] == [
+        ("new", "opt_in"),
+        ("newer", "notify"),
+        ("off", "off"),
+        ("old", "notify"),
+    ]
+    assert await execute(database_url, "SELECT tenant_id FROM did") == [("old",)]

@@ -23,7 +23,12 @@ from pbx_controller.configfile import (
     parse,
     render,
 )
-from pbx_controller.core.consent import ConsentPolicy
+from pbx_controller.core.consent import (
+    ConsentPolicy,
+    ConsentRules,
+    RecordingRules,
+    WithdrawalPolicy,
+)
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -112,7 +117,10 @@ def test_units_and_defaults() -> None:
     # Defaults are the model's, except max_wait (the database needs a limit).
     assert support == Queue("beta-support", "beta", name="beta-support", max_wait_ms=300_000)
     acme = config.tenants[0]
-    assert acme.consent_policy is ConsentPolicy.NOTIFY
+    # A tenant that says nothing about consent asks for it (GDPR-safe).
+    assert acme.tenant.consent == ConsentRules(ConsentPolicy.OPT_IN)
+    assert acme.tenant.recording == RecordingRules((), WithdrawalPolicy.DELETE, 90)
+    assert acme.consent_policy is ConsentPolicy.OPT_IN  # shorthands for the tenant's rules
     assert acme.recording_retention_days == 90
     assert acme.tenant.greeting == ("sound:hello-world",)
     assert acme.tenant.business_hours == BusinessHours(
@@ -143,8 +151,157 @@ holidays = [2026-12-25, "2026-12-26"]
     assert bh.holidays == {date(2026, 12, 25), date(2026, 12, 26)}
 
 
+CONSENT = """consent_policy = "notify"
+consent_agree_digit = "*"
+consent_opt_out_digit = "#"
+consent_timeout_s = 2.5
+consent_prompt_version = "2026-03"
+consent_prompt = ["sound:conf-now-recording", "digits:#"]
+recording_formats = ["opus", "mp3"]
+recording_withdrawal = "keep_until_withdrawal"
+recording_retention_days = 30
+"""
+
+
+def test_consent_and_recording_rules_reach_the_core_tenant() -> None:
+    config = parse(BASE.replace('name = "Beta"\n', 'name = "Beta"\n' + CONSENT, 1))
+    beta = config.directory().tenants["beta"]
+    assert beta.consent == ConsentRules(
+        ConsentPolicy.NOTIFY,
+        agree_digit="*",
+        opt_out_digit="#",
+        prompt_version="2026-03",
+        answer_timeout_ms=2_500,
+        prompt=("sound:conf-now-recording", "digits:#"),
+    )
+    # Formats in canonical order, whatever the file's.
+    assert beta.recording == RecordingRules(
+        ("mp3", "opus"), WithdrawalPolicy.KEEP_UNTIL_WITHDRAWAL, 30
+    )
+    assert config.tenants[1].consent_policy is ConsentPolicy.NOTIFY
+    assert config.tenants[1].recording_retention_days == 30
+    # One prompt may be a plain string, like the greeting.
+    single = parse(BASE.replace('name = "Beta"\n', 'name = "Beta"\nconsent_prompt = "sound:x"\n'))
+    assert single.tenants[1].tenant.consent.prompt == ("sound:x",)
+
+
+def test_consent_and_recording_rules_render_and_diff() -> None:
+    config = parse(BASE.replace('name = "Beta"\n', 'name = "Beta"\n' + CONSENT, 1))
+    text = render(config)
+    assert parse(text) == config
+    assert render(parse(text)) == text
+    # Every setting explicit, except the stock prompt (absent, not []).
+    acme = text[text.index("[tenants.acme]") : text.index("[tenants.acme.hours]")]
+    assert acme.splitlines()[4:] == [
+        'consent_policy = "opt_in"',
+        'consent_agree_digit = "1"',
+        'consent_opt_out_digit = "9"',
+        "consent_timeout_s = 5",
+        'consent_prompt_version = "v1"',
+        "recording_formats = []",
+        'recording_withdrawal = "delete"',
+        "recording_retention_days = 90",
+        "",
+    ]
+    assert 'consent_prompt = ["sound:conf-now-recording", "digits:#"]\n' in text
+    assert 'recording_formats = ["mp3", "opus"]\n' in text
+    assert "consent_timeout_s = 2.5\n" in text
+
+    changed = parse(
+        BASE.replace(
+            'name = "Beta"\n',
+            'name = "Beta"\n' + CONSENT.replace('"notify"', '"off"').replace(', "mp3"', ""),
+            1,
+        ).replace('name = "Acme"\n', 'name = "Acme"\nconsent_prompt = ["sound:beep"]\n', 1)
+    )
+    assert [str(c) for c in diff(config, changed)] == [
+        '~ tenant acme: +consent_prompt ["sound:beep"]',
+        '~ tenant beta: consent_policy "notify" -> "off"',
+        '~ tenant beta: recording_formats ["mp3", "opus"] -> ["opus"]',
+    ]
+
+
+def consent_param(line: str, expected: str, id: str) -> object:
+    """A consent or recording key set to `line` in tenant acme."""
+    return pytest.param('name = "Acme"', f'name = "Acme"\n{line}', expected, id=id)
+
+
 # (what to replace in BASE, with what, the problem expected: "path: message" regex)
 BAD = [
+    consent_param(
+        'consent_agree_digit = "11"',
+        r"^tenants\.acme\.consent_agree_digit: '11' is not one DTMF digit \(0-9, \* or #\)$",
+        "agree-digit-long",
+    ),
+    consent_param(
+        'consent_agree_digit = "a"',
+        r"^tenants\.acme\.consent_agree_digit: 'a' is not one DTMF digit \(0-9, \* or #\)$",
+        "agree-digit-letter",
+    ),
+    consent_param(
+        "consent_opt_out_digit = 9",
+        r'^tenants\.acme\.consent_opt_out_digit: must be a string \(quote it: "9"\)$',
+        "opt-out-digit-integer",
+    ),
+    consent_param(
+        'consent_opt_out_digit = "1"',
+        r"^tenants\.acme\.consent_opt_out_digit: '1' is also consent_agree_digit: "
+        r"the two must differ$",
+        "digits-equal",
+    ),
+    consent_param(
+        'consent_agree_digit = "9"',
+        r"^tenants\.acme\.consent_agree_digit: '9' is also consent_opt_out_digit: "
+        r"the two must differ$",
+        "digits-equal-default",
+    ),
+    consent_param(
+        "consent_timeout_s = 0",
+        r"^tenants\.acme\.consent_timeout_s: must be greater than 0 seconds, got 0$",
+        "consent-timeout",
+    ),
+    consent_param(
+        "consent_timeout_ms = 5000",
+        r"^tenants\.acme\.consent_timeout_ms: unknown key; did you mean 'consent_timeout_s'\?$",
+        "consent-timeout-ms",
+    ),
+    consent_param(
+        'consent_prompt_version = ""',
+        r"^tenants\.acme\.consent_prompt_version: must not be empty$",
+        "prompt-version",
+    ),
+    consent_param(
+        "consent_prompt = []",
+        r"^tenants\.acme\.consent_prompt: needs at least one sound, or omit it",
+        "prompt-empty",
+    ),
+    consent_param(
+        'consent_prompt = ["sound:a", "press-one"]',
+        r"^tenants\.acme\.consent_prompt\[1\]: 'press-one' is not a media URI",
+        "prompt-uri",
+    ),
+    consent_param(
+        'recording_formats = ["wav"]',
+        r"^tenants\.acme\.recording_formats\[0\]: 'wav' is not mp3 or opus "
+        r"\(the WAV is always kept\)$",
+        "format",
+    ),
+    consent_param(
+        'recording_formats = ["mp3", "mp3"]',
+        r"^tenants\.acme\.recording_formats\[1\]: 'mp3' is also "
+        r"tenants\.acme\.recording_formats\[0\]$",
+        "format-twice",
+    ),
+    consent_param(
+        'recording_formats = "mp3"',
+        r"^tenants\.acme\.recording_formats: expected an array, got a string$",
+        "formats-string",
+    ),
+    consent_param(
+        'recording_withdrawal = "keep"',
+        r"^tenants\.acme\.recording_withdrawal: must be one of delete, keep_until_withdrawal$",
+        "withdrawal",
+    ),
     pytest.param(
         "[tenants.acme]", "colour = 1\n[tenants.acme]", r"^colour: unknown key$", id="top"
     ),
@@ -479,6 +636,30 @@ def test_diff_names_exactly_what_changed() -> None:
 ids = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
 seconds_ms = st.one_of(st.integers(1, 3600).map(lambda s: s * 1000), st.integers(1, 3_600_000))
 clock = st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45]))
+digits = st.sampled_from("0123456789*#")
+consent_rules = (
+    st.tuples(digits, digits)
+    .filter(lambda d: d[0] != d[1])
+    .flatmap(
+        lambda d: st.builds(
+            ConsentRules,
+            st.sampled_from(list(ConsentPolicy)),
+            st.just(d[0]),
+            st.just(d[1]),
+            st.sampled_from(["v1", "2026-03", "Wersja ż"]),
+            seconds_ms,
+            st.lists(
+                st.sampled_from(["sound:beep", "digits:1", "recording:custom/x"]), max_size=3
+            ).map(tuple),
+        )
+    )
+)
+recording_rules = st.builds(
+    RecordingRules,
+    st.sampled_from([(), ("mp3",), ("opus",), ("mp3", "opus")]),
+    st.sampled_from(list(WithdrawalPolicy)),
+    st.integers(1, 36500),
+)
 
 
 @st.composite
@@ -523,9 +704,9 @@ def configs(draw: st.DrawFn) -> PbxConfig:
                         )
                     ),
                     hours,
+                    consent=draw(consent_rules),
+                    recording=draw(recording_rules),
                 ),
-                draw(st.sampled_from(list(ConsentPolicy))),
-                draw(st.integers(1, 3650)),
             )
         )
     queues = []
