@@ -7,9 +7,12 @@ call id, so a run is deterministic and the adapters can arm waiters first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pbx_controller.core.cdr import CdrRecord
+from pbx_controller.core.consent import ConsentEvidence
+from pbx_controller.core.recording import RecordingJob
 
 if TYPE_CHECKING:  # agent.py imports this module for its timers
     from pbx_controller.core.agent import AgentStateRecord
@@ -110,6 +113,57 @@ class EmitCdr:
     cdr: CdrRecord
 
 
+@dataclass(frozen=True, slots=True)
+class OpenRecording:
+    """Consent allowed a recording: write its row (with the evidence) now,
+    while the call is up, so the CDR can point at it."""
+
+    call_id: str
+    tenant_id: str
+    started_at: datetime
+    evidence: ConsentEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLeg:
+    """Snoop on `target` (spy "in": what that party says) with a new channel
+    `channel_id` entering our app with `app_args`, and record the snoop as
+    `name`. Pause, resume and stop of the leg follow on the same lane."""
+
+    channel_id: str
+    target: str
+    name: str
+    app_args: str
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecording:
+    channel_id: str  # the leg's snoop channel (its lane)
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecording:
+    channel_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopRecording:
+    """Stop the leg's recording at once and hang up its snoop channel."""
+
+    channel_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecording:
+    """Every leg finished: merge to stereo, convert, describe, store (or
+    erase, after a withdrawal)."""
+
+    job: RecordingJob
+
+
 Action = (
     Answer
     | Play
@@ -125,4 +179,10 @@ Action = (
     | StartTimer
     | CancelTimer
     | EmitCdr
+    | OpenRecording
+    | RecordLeg
+    | PauseRecording
+    | ResumeRecording
+    | StopRecording
+    | ProcessRecording
 )

@@ -1,6 +1,6 @@
 """The per-call state machine: its transition table and the call record.
 
-    NEW --CallArrived--> GREETING --PlaybackFinished--> QUEUED --Offered--> OFFERING
+    NEW --CallArrived--> GREETING --PlaybackFinished--> [CONSENT] --> QUEUED --Offered--> OFFERING
     OFFERING --AgentLegAnswered--> CONNECTED --(either side hangs up)--> ENDING --> ENDED
     OFFERING --(ring timeout, leg failed)--> QUEUED   (back at its old position)
     any live state --(caller hangs up)--> ENDING/ENDED
@@ -8,6 +8,10 @@
 Unknown DIDs, closed hours and overflow hand the call back to the dialplan
 (ENDING). `Offered` and `Overflowed` are the engine's own moves (routing
 and overflow decisions), listed here so the table holds every edge.
+
+CONSENT is the recording announcement (tenants whose policy is not off):
+the caller's digits, the end of the prompt or a timeout decide, and the
+caller is queued whatever they decide.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from datetime import datetime
 from enum import Enum
 
 from pbx_controller.core.cdr import CdrSegment, Disposition, HangupSide
+from pbx_controller.core.consent import Consent
 from pbx_controller.core.machine import TransitionTable
 
 
 class CallState(Enum):
     NEW = "new"
     GREETING = "greeting"
+    CONSENT = "consent"
     QUEUED = "queued"
     OFFERING = "offering"
     CONNECTED = "connected"
@@ -31,16 +37,24 @@ class CallState(Enum):
 
 
 S = CallState
-_LIVE = (S.GREETING, S.QUEUED, S.OFFERING, S.CONNECTED)
+_LIVE = (S.GREETING, S.CONSENT, S.QUEUED, S.OFFERING, S.CONNECTED)
 
 _EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
     # Known DID: answer and greet. Unknown DID or closed: back to the dialplan.
     (S.NEW, "CallArrived"): frozenset({S.GREETING, S.ENDING}),
     # Left behind by a killed run: hand it to the dialplan fallback.
     (S.NEW, "CallAdopted"): frozenset({S.ENDING}),
-    # The greeting ends: queue the caller, or (no queue) say goodbye; a
-    # greeting cut short with the caller still there goes to the fallback.
-    (S.GREETING, "PlaybackFinished"): frozenset({S.QUEUED, S.ENDING}),
+    # The greeting ends: ask for recording consent, or queue the caller, or
+    # (no queue) say goodbye; a greeting cut short with the caller still
+    # there goes to the fallback.
+    (S.GREETING, "PlaybackFinished"): frozenset({S.CONSENT, S.QUEUED, S.ENDING}),
+    # The consent prompt: a digit, its end or a timeout decides; a failed
+    # prompt is no consent. The caller is queued either way.
+    (S.CONSENT, "PlaybackFinished"): frozenset({S.CONSENT, S.QUEUED}),
+    (S.CONSENT, "DtmfReceived"): frozenset({S.CONSENT, S.QUEUED}),
+    (S.CONSENT, "TimerFired"): frozenset({S.CONSENT, S.QUEUED}),
+    (S.CONSENT, "ActionFailed"): frozenset({S.CONSENT, S.QUEUED, S.ENDING}),
+    (S.CONSENT, "HangupRequested"): frozenset({S.ENDING}),
     (S.GREETING, "ActionFailed"): frozenset({S.ENDING}),
     (S.GREETING, "DtmfReceived"): frozenset({S.GREETING}),
     (S.GREETING, "HangupRequested"): frozenset({S.ENDING}),
@@ -86,6 +100,9 @@ for _state in (*_LIVE, S.ENDING):
 _EDGES[(S.QUEUED, "AgentLegAnswered")] = frozenset({S.QUEUED})
 _EDGES[(S.CONNECTED, "AgentLegAnswered")] = frozenset({S.CONNECTED})
 _EDGES[(S.QUEUED, "AgentLegGone")] = frozenset({S.QUEUED})
+# Ops or the agent acting on the recording: the call flow does not move.
+for _state in (*_LIVE, S.ENDING):
+    _EDGES[(_state, "CallCommand")] = frozenset({_state})
 
 CALL_TRANSITIONS: TransitionTable[CallState] = TransitionTable("call", _EDGES)
 # Table events that are the engine's own decisions rather than core events.
@@ -128,6 +145,12 @@ class Call:
     # Open offers: agent id -> (its leg's channel id, when it started ringing).
     ringing: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     segments: list[CdrSegment] = field(default_factory=list)
+    # Recording consent (None: never asked, e.g. no queue to wait in).
+    consent: Consent | None = None
+    consent_prompt: str | None = None  # the prompt's playback id while it plays
+    consent_timer: str | None = None
+    recorded: bool = False  # a recording was started
+    agent_digit: str = ""  # the agent's last digit, for in-call feature codes
 
     def next_playback_id(self) -> str:
         self.playbacks += 1

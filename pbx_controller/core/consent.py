@@ -132,6 +132,10 @@ class ConsentRules:
         return ("sound:vm-press", f"digits:{self.agree_digit}")
 
 
+# The core's default: never ask, never record (frozen, so safe to share).
+NEVER_RECORD = ConsentRules(ConsentPolicy.OFF)
+
+
 @dataclass(frozen=True, slots=True)
 class RecordingRules:
     """How a tenant's consented recordings are kept."""

@@ -17,8 +17,17 @@ from pbx_controller.core import events as e
 from pbx_controller.core.agent import AgentBoard, BoardChange
 from pbx_controller.core.call_flow import CALL_TRANSITIONS, Call, CallState
 from pbx_controller.core.cdr import CdrRecord, CdrSegment, Disposition, HangupSide, ms_between
+from pbx_controller.core.consent import NEVER_RECORD, Consent, ConsentState, recording_allowed
 from pbx_controller.core.kpi import Ewma, estimated_wait_ms
 from pbx_controller.core.model import Directory, Queue
+from pbx_controller.core.recording import (
+    ROLES,
+    SNOOP_ROLE,
+    LiveRecording,
+    RecordedLeg,
+    RecordingState,
+    recordable_call_id,
+)
 from pbx_controller.core.routing import OfferBook, Router, WaitingCall, queue_positions
 
 # Dialplan contexts the engine hands channels back to (dialplan/pbx-controller.conf).
@@ -28,10 +37,25 @@ CLOSED_CONTEXT = "pbx-closed"
 OVERFLOW_CONTEXT = "pbx-overflow"
 # App arguments of an agent leg: "agent,<call id>,<agent id>".
 AGENT_ROLE = "agent"
+# How long a stopped recording waits for Asterisk to report its legs
+# finished before it is processed with what there is (Asterisk restarted).
+RECORDING_WAIT_MS = 30_000
+# In-call feature codes an agent keys on the phone: *7 pause the recording
+# (card data), *8 resume it, *9 stop it for good (the caller withdrew).
+AGENT_CALL_CODES = {"7": "pause_recording", "8": "resume_recording", "9": "stop_recording"}
 
 
 class DuplicateCall(ValueError):
     """A CallArrived for a call id or channel the engine already tracks."""
+
+
+class UnknownCall(LookupError):
+    """No live call with this id for this tenant (another tenant's calls
+    are unknown too: their existence is not disclosed)."""
+
+
+class NotRecording(ValueError):
+    """Pause or resume asked of a call that is not being recorded."""
 
 
 class Engine:
@@ -49,6 +73,12 @@ class Engine:
         self._seq = 0
         # Recent handle time (talk + wrap-up) per queue, for wait estimates.
         self._aht: dict[str, Ewma] = {}
+        # Recordings by call id: they outlive the call until every leg's
+        # file is finished. Their legs by recording name and by snoop channel.
+        self.recordings: dict[str, LiveRecording] = {}
+        self._recording_names: dict[str, str] = {}
+        self._snoops: dict[str, tuple[str, str]] = {}  # snoop id -> (call id, name)
+        self._recording_timers: dict[str, str] = {}  # timer id -> call id
 
     def reload(self, directory: Directory, now: datetime) -> list[a.Action]:
         """New configuration: new calls use it at once; agents keep their state."""
@@ -71,6 +101,15 @@ class Engine:
                 return self._agent_command(event, now)
             case e.TimerFired() if self.board.owns_timer(event.timer_id):
                 return self._board(self.board.timer_fired(event.timer_id, now)) + self._route(now)
+            case e.TimerFired() if event.timer_id in self._recording_timers:
+                return self._recording_wait_over(event.timer_id)
+            case e.RecordingStarted() | e.RecordingFinished():
+                return self._recording_event(event, now)
+            case e.CallCommand():
+                return self._call_command(event, now)
+            case e.ActionFailed() if event.channel_id in self._snoops:
+                _, name = self._snoops[event.channel_id]
+                return self._recording_event(e.RecordingFinished(name, True, event.reason), now)
         leg = self._legs.get(getattr(event, "channel_id", ""))
         if leg is not None or isinstance(event, e.AgentLegAnswered):
             return self._leg_event(event, leg, now)
@@ -83,7 +122,7 @@ class Engine:
             case e.PlaybackFinished():
                 return self._playback_finished(call, event, now)
             case e.DtmfReceived():
-                return self._move(call, name, call.state)
+                return self._caller_digit(call, event, now)
             case e.HangupRequested():
                 return self._hangup_requested(call, now)
             case e.ActionFailed():
@@ -159,7 +198,9 @@ class Engine:
                 call.hangup_side = HangupSide.SYSTEM
                 self._move(call, "PlaybackFinished", CallState.ENDING)
                 return [a.Hangup(call.channel_id)]
-            return self._enqueue(call, queue, now)
+            return self._ask_consent(call, queue, now)
+        if call.state is CallState.CONSENT:
+            return self._consent_prompt_over(call, event, now)
         if call.announcing and call.state in (CallState.QUEUED, CallState.OFFERING):
             call.announcing = False
             self._move(call, "PlaybackFinished", call.state)
@@ -168,7 +209,7 @@ class Engine:
 
     def _hangup_requested(self, call: Call, now: datetime) -> list[a.Action]:
         state = call.state
-        if state in (CallState.GREETING, CallState.QUEUED, CallState.OFFERING):
+        if state in (CallState.GREETING, CallState.CONSENT, CallState.QUEUED, CallState.OFFERING):
             call.disposition = Disposition.ABANDONED
             call.hangup_side = HangupSide.CALLER
             self._move(call, "HangupRequested", CallState.ENDING)
@@ -182,6 +223,13 @@ class Engine:
     def _action_failed(self, call: Call, event: e.ActionFailed, now: datetime) -> list[a.Action]:
         if call.state is CallState.ENDING:
             return self._move(call, "ActionFailed", CallState.ENDING)
+        if call.state is CallState.CONSENT and not event.gone:
+            # The prompt could not be played: no consent, full service anyway.
+            assert call.consent is not None
+            if call.consent.state is ConsentState.ANNOUNCED:
+                call.consent.withdraw(now)
+            call.consent_prompt = None
+            return self._consent_decided(call, "ActionFailed", now)
         if (
             not event.gone
             and event.action in ("StartMoh", "StopMoh", "Play")
@@ -228,13 +276,27 @@ class Engine:
         if kind == "relax" and call.state is CallState.QUEUED:
             self._move(call, "TimerFired", call.state)
             return self._route(now)
+        if (
+            kind == "consent"
+            and call.state is CallState.CONSENT
+            and event.timer_id == call.consent_timer
+        ):
+            assert call.consent is not None
+            call.consent_timer = None
+            call.consent.timed_out(now)
+            return self._consent_decided(call, "TimerFired", now)
         return self._move(call, "TimerFired", call.state)  # a stale timer
 
     def _ended(
         self, call: Call, event: e.ChannelHungUp | e.ChannelLeftApp, now: datetime
     ) -> list[a.Action]:
         actions: list[a.Action] = []
-        if call.state in (CallState.GREETING, CallState.QUEUED, CallState.OFFERING):
+        if call.state in (
+            CallState.GREETING,
+            CallState.CONSENT,
+            CallState.QUEUED,
+            CallState.OFFERING,
+        ):
             if isinstance(event, e.ChannelHungUp) and event.lost:
                 # Vanished unseen (Asterisk restarted): nobody hung up on purpose.
                 call.disposition = Disposition.FAILED
@@ -407,6 +469,9 @@ class Engine:
         """The caller is gone or handed back: drop its place and its offers."""
         self.waiting.pop(call.call_id, None)
         actions: list[a.Action] = self._cancel_ring_timer(call)
+        if call.consent_timer is not None:
+            actions.append(a.CancelTimer(call.consent_timer))
+            call.consent_timer = None
         for agent_id in self.offers.withdraw(call.call_id):
             actions += self._drop_leg(call, agent_id, now, "cancelled")
             actions += self._board(self.board.offer_cancelled(agent_id, call.call_id, now))
@@ -426,8 +491,10 @@ class Engine:
         call_id, agent_id = leg
         call = self.calls.get(call_id)
         channel_id = getattr(event, "channel_id", "")
-        if isinstance(event, e.HangupRequested | e.DtmfReceived | e.PlaybackFinished):
-            return []  # the leg's end follows; digits from the agent are not consent
+        if isinstance(event, e.DtmfReceived):
+            return self._agent_digit(call, event, now) if call is not None else []
+        if isinstance(event, e.HangupRequested | e.PlaybackFinished):
+            return []  # the leg's end follows
         if isinstance(event, e.ActionFailed) and event.action not in ("Originate", "Bridge"):
             return []
         # The leg is gone: ended, failed to originate, or could not be bridged.
@@ -487,6 +554,7 @@ class Engine:
             *self._cancel_ring_timer(call),
             a.StopMoh(call.channel_id),
             a.Bridge(call.bridge_id, (call.channel_id, event.channel_id)),
+            *self._start_recording(call, event.agent_id, event.channel_id, now),
         ]
 
     def _drop_leg(self, call: Call, agent_id: str, now: datetime, outcome: str) -> list[a.Action]:
@@ -501,7 +569,7 @@ class Engine:
         self, call: Call, now: datetime, *, leg_gone: bool = False
     ) -> list[a.Action]:
         """The talk is over: the agent's leg goes, the agent wraps up."""
-        actions: list[a.Action] = []
+        actions: list[a.Action] = self._stop_recording(call.call_id, now)
         if call.agent_channel is not None:
             self._legs.pop(call.agent_channel, None)
             if not leg_gone:
@@ -519,6 +587,218 @@ class Engine:
                 actions += self._board(self.board.call_ended(call.agent_id, call.call_id, now))
             call.talk_ended_at = now
         return actions + self._route(now)
+
+    # -- recording consent -------------------------------------------------------------
+
+    def _ask_consent(self, call: Call, queue: Queue, now: datetime) -> list[a.Action]:
+        """After the greeting: announce the recording (unless the tenant's
+        policy is off), then queue the caller whatever they decide."""
+        tenant = self.directory.tenants.get(call.tenant_id or "")
+        rules = tenant.consent if tenant is not None else NEVER_RECORD
+        call.consent = Consent(rules)
+        if call.consent.start(now) is ConsentState.NOT_ASKED:
+            return self._enqueue(call, queue, now)
+        call.queue_id = queue.id  # where the caller goes once decided
+        self._move(call, "PlaybackFinished", CallState.CONSENT)
+        play = self._play(call, rules.prompt_media())
+        call.consent_prompt = play.playback_id
+        return [play]
+
+    def _consent_prompt_over(
+        self, call: Call, event: e.PlaybackFinished, now: datetime
+    ) -> list[a.Action]:
+        consent = call.consent
+        assert consent is not None
+        call.consent_prompt = None
+        if consent.state is ConsentState.ANNOUNCED:
+            if event.completed:
+                consent.announcement_done(now)  # notify: staying on is consent
+            else:
+                consent.withdraw(now)  # cut short, undecided: no consent
+        if consent.state is ConsentState.ANNOUNCED:
+            # opt_in: the prompt is over, the agree digit may still come.
+            call.consent_timer = call.timer_id("consent")
+            self._move(call, "PlaybackFinished", CallState.CONSENT)
+            return [a.StartTimer(call.consent_timer, consent.rules.answer_timeout_ms)]
+        return self._consent_decided(call, "PlaybackFinished", now)
+
+    def _consent_decided(self, call: Call, via: str, now: datetime) -> list[a.Action]:
+        actions: list[a.Action] = []
+        if call.consent_timer is not None:
+            actions.append(a.CancelTimer(call.consent_timer))
+            call.consent_timer = None
+        queue = self.directory.queues.get(call.queue_id or "")
+        if queue is None:  # reconfigured away while the caller decided
+            call.disposition = Disposition.FAILED
+            call.hangup_side = HangupSide.SYSTEM
+            self._move(call, via, CallState.QUEUED)
+            self._move(call, "Overflowed", CallState.ENDING)
+            return [*actions, a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
+        return actions + self._enqueue(call, queue, now, via=via)
+
+    def _caller_digit(self, call: Call, event: e.DtmfReceived, now: datetime) -> list[a.Action]:
+        consent = call.consent
+        recording = self.recordings.get(call.call_id)
+        if recording is not None:
+            recording.mask_dtmf(now, event.duration_ms)
+        live = call.state in (
+            CallState.CONSENT,
+            CallState.QUEUED,
+            CallState.OFFERING,
+            CallState.CONNECTED,
+        )
+        if (
+            consent is None
+            or not live
+            or (recording is not None and recording.state is RecordingState.PAUSED)
+        ):
+            # Paused for card data: those digits are the card's, not consent.
+            return self._move(call, "DtmfReceived", call.state)
+        before = consent.state
+        after = consent.digit_pressed(event.digit, call.channel_id, now)
+        if call.state is CallState.CONSENT:
+            if after is ConsentState.ANNOUNCED:
+                return self._move(call, "DtmfReceived", CallState.CONSENT)
+            if call.consent_prompt is not None:
+                # Decided mid-prompt: cut it; its end queues the caller.
+                self._move(call, "DtmfReceived", CallState.CONSENT)
+                return [a.StopPlayback(call.consent_prompt)]
+            return self._consent_decided(call, "DtmfReceived", now)
+        self._move(call, "DtmfReceived", call.state)
+        if before is ConsentState.GRANTED and after is ConsentState.WITHDRAWN:
+            return self._stop_recording(call.call_id, now, withdrawn=True)
+        return []
+
+    def _agent_digit(self, call: Call, event: e.DtmfReceived, now: datetime) -> list[a.Action]:
+        """The agent's in-call feature codes (*7, *8, *9); the tones are
+        masked in the recording like the caller's."""
+        if call.state is not CallState.CONNECTED or event.channel_id != call.agent_channel:
+            return []
+        recording = self.recordings.get(call.call_id)
+        if recording is not None:
+            recording.mask_dtmf(now, event.duration_ms)
+        command = AGENT_CALL_CODES.get(event.digit) if call.agent_digit == "*" else None
+        call.agent_digit = event.digit
+        if command is None or call.tenant_id is None:
+            return []
+        try:
+            return self._call_command(e.CallCommand(call.tenant_id, call.call_id, command), now)
+        except NotRecording:
+            return []
+
+    def _call_command(self, event: e.CallCommand, now: datetime) -> list[a.Action]:
+        """Raises UnknownCall, or NotRecording for a pause or resume of a
+        call that is not being recorded."""
+        call = self.calls.get(event.call_id)
+        if call is None or call.tenant_id != event.tenant_id:
+            raise UnknownCall(f"no live call {event.call_id} for tenant {event.tenant_id}")
+        self._move(call, "CallCommand", call.state)
+        recording = self.recordings.get(call.call_id)
+        if event.command == "stop_recording":
+            # Withdrawn for good, recording or not: it can never start later.
+            if call.consent is not None:
+                call.consent.withdraw(now)
+            return self._stop_recording(call.call_id, now, withdrawn=True)
+        if recording is None or not recording.live:
+            raise NotRecording(f"call {event.call_id} is not being recorded")
+        if event.command == "pause_recording":
+            if not recording.pause(now):
+                return []  # paused already
+            return [a.PauseRecording(leg.snoop_id, leg.name) for leg in recording.legs]
+        if not recording.resume(now):
+            return []
+        return [a.ResumeRecording(leg.snoop_id, leg.name) for leg in recording.legs]
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _start_recording(
+        self, call: Call, agent_id: str, agent_channel: str, now: datetime
+    ) -> list[a.Action]:
+        """The bridge is forming: record if, and only if, consent allows."""
+        agent = self.directory.agents.get(agent_id)
+        tenant = self.directory.tenants.get(call.tenant_id or "")
+        if tenant is None or agent is None or call.consent is None:
+            return []
+        if not recording_allowed(call.consent, agent.recording_consent):
+            return []
+        if not recordable_call_id(call.call_id):
+            return []
+        channels = {"caller": call.channel_id, "agent": agent_channel}
+        legs = tuple(
+            RecordedLeg(
+                role, channels[role], f"{call.call_id}-snoop-{role}", f"{call.call_id}-{role}"
+            )
+            for role in ROLES
+        )
+        evidence = call.consent.evidence()
+        recording = LiveRecording(call.call_id, tenant.id, now, tenant.recording, evidence, legs)
+        self.recordings[call.call_id] = recording
+        for leg in legs:
+            self._recording_names[leg.name] = call.call_id
+            self._snoops[leg.snoop_id] = (call.call_id, leg.name)
+        call.recorded = True
+        return [
+            a.OpenRecording(call.call_id, tenant.id, now, evidence),
+            *(
+                a.RecordLeg(
+                    leg.snoop_id,
+                    leg.channel_id,
+                    leg.name,
+                    f"{SNOOP_ROLE},{call.call_id},{leg.role}",
+                )
+                for leg in legs
+            ),
+        ]
+
+    def _stop_recording(
+        self, call_id: str, now: datetime, *, withdrawn: bool = False
+    ) -> list[a.Action]:
+        recording = self.recordings.get(call_id)
+        if recording is None or not recording.stop(now, withdrawn=withdrawn):
+            return []
+        actions: list[a.Action] = [
+            a.StopRecording(leg.snoop_id, leg.name) for leg in recording.legs
+        ]
+        if recording.complete_if_finished():
+            return actions + self._process(recording)
+        recording.wait_timer = f"recording/{call_id}"
+        self._recording_timers[recording.wait_timer] = call_id
+        return [*actions, a.StartTimer(recording.wait_timer, RECORDING_WAIT_MS)]
+
+    def _recording_event(
+        self, event: e.RecordingStarted | e.RecordingFinished, now: datetime
+    ) -> list[a.Action]:
+        call_id = self._recording_names.get(event.name)
+        recording = self.recordings.get(call_id) if call_id is not None else None
+        if recording is None or recording.leg(event.name) is None:
+            return []  # not ours, or processed already
+        if isinstance(event, e.RecordingStarted):
+            recording.leg_started(event.name, now)
+            return []
+        if recording.leg_finished(event.name):
+            return self._process(recording)
+        return []
+
+    def _recording_wait_over(self, timer_id: str) -> list[a.Action]:
+        call_id = self._recording_timers.pop(timer_id)
+        recording = self.recordings.get(call_id)
+        if recording is None:
+            return []
+        recording.wait_timer = None
+        recording.give_up_waiting()
+        return self._process(recording)
+
+    def _process(self, recording: LiveRecording) -> list[a.Action]:
+        actions: list[a.Action] = []
+        if recording.wait_timer is not None:
+            self._recording_timers.pop(recording.wait_timer, None)
+            actions.append(a.CancelTimer(recording.wait_timer))
+            recording.wait_timer = None
+        self.recordings.pop(recording.call_id, None)
+        for leg in recording.legs:
+            self._recording_names.pop(leg.name, None)
+            self._snoops.pop(leg.snoop_id, None)
+        return [*actions, a.ProcessRecording(recording.job())]
 
     # -- agents -------------------------------------------------------------------------
 
@@ -606,5 +886,17 @@ class Engine:
                 ms_between(call.first_enqueued_at, waited_until) if call.first_enqueued_at else 0
             ),
             talk_ms=ms_between(answered, talk_end) if answered else 0,
+            consent=_consent_outcome(call.consent),
             segments=tuple(call.segments),
         )
+
+
+def _consent_outcome(consent: Consent | None) -> str:
+    """The CDR's consent column: what was decided, whatever the policy."""
+    if consent is None:
+        return "n/a"
+    return {
+        ConsentState.NOT_ASKED: "not_asked",
+        ConsentState.GRANTED: "granted",
+        ConsentState.WITHDRAWN: "withdrawn",
+    }.get(consent.state, "declined")

@@ -153,6 +153,47 @@ class ActionFailed:
     gone: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingStarted:
+    """A live recording (one leg) is being written."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        _require(self.name, "name")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingFinished:
+    """A live recording ended: stopped, its channel gone, or `failed`."""
+
+    name: str
+    failed: bool = False
+    cause: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.name, "name")
+
+
+CALL_COMMANDS = frozenset({"stop_recording", "pause_recording", "resume_recording"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallCommand:
+    """Ops (pbxctl) or an agent acting on a live call's recording. Scoped to
+    the tenant: a command never reaches another tenant's call."""
+
+    tenant_id: str
+    call_id: str
+    command: str
+
+    def __post_init__(self) -> None:
+        _require(self.tenant_id, "tenant_id")
+        _require(self.call_id, "call_id")
+        if self.command not in CALL_COMMANDS:
+            raise ValueError(f"unknown call command {self.command!r}")
+
+
 Event = (
     CallArrived
     | CallAdopted
@@ -165,4 +206,7 @@ Event = (
     | ChannelLeftApp
     | TimerFired
     | ActionFailed
+    | RecordingStarted
+    | RecordingFinished
+    | CallCommand
 )

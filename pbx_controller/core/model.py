@@ -15,10 +15,9 @@ from enum import Enum
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
-from pbx_controller.core.consent import ConsentPolicy, ConsentRules, RecordingRules
+from pbx_controller.core.consent import NEVER_RECORD, ConsentRules, RecordingRules
 
 # Frozen, so one shared default instance is safe.
-OPT_IN = ConsentRules(ConsentPolicy.OPT_IN)
 KEEP_90_DAYS = RecordingRules()
 
 
@@ -33,8 +32,9 @@ class Tenant:
     greeting: tuple[str, ...] = ("sound:hello-world",)
     # None: always open.
     business_hours: BusinessHours | None = None
-    # Recording consent: opt_in (explicit) is the GDPR-safe default.
-    consent: ConsentRules = OPT_IN
+    # Recording consent. The core's default never records; a tenant from
+    # pbx.toml gets opt_in (explicit consent) unless it says otherwise.
+    consent: ConsentRules = NEVER_RECORD
     recording: RecordingRules = KEEP_90_DAYS
 
     def __post_init__(self) -> None:

@@ -249,6 +249,7 @@ def test_the_cdr_of_a_bridged_call_carries_wait_talk_agent_queue_and_segments() 
         agent_id="ann",
         wait_ms=5_000,  # from the end of the greeting (queued) to the answer
         talk_ms=60_000,  # to the hang-up request, not to the channel's departure
+        consent="not_asked",  # the tenant's policy is off
         segments=(CdrSegment("offer", "ann", at(3), at(8), "answered"),),
     )
     assert "call-1" not in desk.engine.calls

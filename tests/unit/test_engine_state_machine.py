@@ -281,6 +281,7 @@ EVENTS_FOR_CALL_1: list[e.Event] = [
     e.TimerFired("call-1/any"),
     e.ActionFailed("chan-1", "Play", "boom"),
     e.ActionFailed("chan-1", "Play", "boom", gone=True),
+    e.CallCommand("acme", "call-1", "stop_recording"),
 ]
 
 
@@ -312,7 +313,8 @@ def test_every_event_kind_is_probed() -> None:
     arrivals = {"CallArrived", "CallAdopted"}  # NEW only: they create the call
     # Not about the caller's channel: agent commands go to the board, and an
     # agent leg's answer is tested with the queue flow (test_engine_queue.py).
-    elsewhere = {"AgentCommand", "AgentLegAnswered"}
+    # Recording legs are tested with the consent flow (test_engine_consent.py).
+    elsewhere = {"AgentCommand", "AgentLegAnswered", "RecordingStarted", "RecordingFinished"}
     assert probed | arrivals | elsewhere == {cls.__name__ for cls in e.Event.__args__}
 
 
