@@ -69,6 +69,14 @@ class HttpSettings(_Section):
     port: int = Field(default=8780, ge=0, le=65535)
 
 
+class RecordingSettings(_Section):
+    # Where finished recordings are kept; default: <data_dir>/recordings.
+    dir: Path | None = None
+    # Where Asterisk writes live recordings (ARI "stored" recordings): its
+    # astspooldir/recording. The controller reads the legs from here.
+    spool_dir: Path = Path("/var/spool/asterisk/recording")
+
+
 class DatabaseSettings(_Section):
     url: SecretStr = SecretStr("sqlite+aiosqlite:///var/pbx.db")
 
@@ -83,6 +91,7 @@ class Settings(BaseSettings):
     agi: AgiSettings = AgiSettings()
     http: HttpSettings = HttpSettings()
     database: DatabaseSettings = DatabaseSettings()
+    recordings: RecordingSettings = RecordingSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # The greeting played by the bare call flow until a tenant defines its own.
@@ -100,6 +109,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # init (the TOML file, passed by load_settings) loses to the environment.
         return (env_settings, init_settings)
+
+    def recordings_dir(self) -> Path:
+        return self.recordings.dir or self.data_dir / "recordings"
 
     def non_loopback_binds(self) -> list[str]:
         """Listeners configured off loopback; the service warns about each."""

@@ -30,15 +30,17 @@ from pbx_controller.asterisk.ari import (
     StreamDisconnected,
 )
 from pbx_controller.asterisk.events import AriEventError, adopted_call, translate
-from pbx_controller.asterisk.executor import AgentLogSink, CdrSink, Executor
+from pbx_controller.asterisk.executor import AgentLogSink, CdrSink, Executor, RecordingSink
 from pbx_controller.config import Settings
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
 from pbx_controller.core.agent import NotAMember, UnknownAgent
 from pbx_controller.core.cdr import CdrRecord
-from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine
+from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine, NotRecording, UnknownCall
 from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import Directory
+from pbx_controller.recordings.pipeline import RecordingPipeline
+from pbx_controller.recordings.storage import RecordingStorage
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class Controller:
         clock: Clock = utc_now,
         parts: Sequence[Part] | None = None,
         agent_log: AgentLogSink | None = None,
+        recordings: RecordingSink | None = None,
     ) -> None:
         self.settings = settings
         self.engine = Engine(directory)
@@ -103,7 +106,12 @@ class Controller:
             request_timeout_s=settings.ari.request_timeout_s,
             events=self.inbox,
         )
-        self.executor = Executor(self.ari, self.feed, cdrs, agent_log)
+        if recordings is None:
+            recordings = RecordingPipeline(
+                RecordingStorage(settings.recordings_dir()), settings.recordings.spool_dir
+            )
+        self.recordings = recordings
+        self.executor = Executor(self.ari, self.feed, cdrs, agent_log, recordings)
         self.observers: list[Observer] = []
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
@@ -248,6 +256,24 @@ class Controller:
         self.executor.submit(actions)
         return "OK"
 
+    def call_command(self, tenant_id: str, call_id: str, command: str) -> str:
+        """Stop, pause or resume a live call's recording, now. Returns OK,
+        UNKNOWN_CALL (none for this tenant), NOT_RECORDING or BAD_REQUEST."""
+        try:
+            event = e.CallCommand(tenant_id, call_id, command)
+        except ValueError:
+            return "BAD_REQUEST"
+        try:
+            actions = self.engine.handle(event, self.clock())
+        except UnknownCall:
+            return "UNKNOWN_CALL"
+        except NotRecording:
+            return "NOT_RECORDING"
+        for observer in self.observers:
+            observer(event, actions)
+        self.executor.submit(actions)
+        return "OK"
+
     def _handle(self, event: e.Event) -> None:
         try:
             actions = self.engine.handle(event, self.clock())
@@ -321,13 +347,14 @@ async def serve(
     directory: Directory,
     cdrs: CdrSink,
     agent_log: AgentLogSink | None = None,
+    recordings: RecordingSink | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in reverse order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    controller = Controller(settings, directory, cdrs, agent_log=agent_log)
+    controller = Controller(settings, directory, cdrs, agent_log=agent_log, recordings=recordings)
     run = asyncio.create_task(controller.run(), name="controller")
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)

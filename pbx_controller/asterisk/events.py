@@ -65,6 +65,12 @@ def translate(event: Any) -> e.Event | None:
                 cause if isinstance(cause, int) else 16,
                 _opt(event, "cause_txt"),
             )
+        if kind == "RecordingStarted":
+            return e.RecordingStarted(_str(event, "recording", "name"))
+        if kind in ("RecordingFinished", "RecordingFailed"):
+            failed = kind == "RecordingFailed" or _opt(event, "recording", "state") == "failed"
+            cause = _opt(event, "recording", "cause")
+            return e.RecordingFinished(_str(event, "recording", "name"), failed, cause)
         if kind == "StasisEnd":
             # With subscribeAll=false, StasisEnd is the last event of a
             # channel: ChannelDestroyed does not reach us once it left.

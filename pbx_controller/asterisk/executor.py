@@ -9,18 +9,29 @@ the caller hears next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from pbx_controller.asterisk.ari import AriClient, AriError, AriNotFound, ChannelGone
+from pbx_controller.asterisk.ari import (
+    AriClient,
+    AriConflict,
+    AriError,
+    AriNotFound,
+    ChannelGone,
+)
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
 from pbx_controller.core.agent import AgentStateRecord
 from pbx_controller.core.cdr import CdrRecord
+from pbx_controller.core.recording import RecordingJob
 
 log = logging.getLogger(__name__)
+
+# Between tries to record a snoop channel that has not entered the app yet.
+SNOOP_RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class CdrSink(Protocol):
@@ -29,6 +40,23 @@ class CdrSink(Protocol):
 
 class AgentLogSink(Protocol):
     async def write(self, record: AgentStateRecord) -> None: ...
+
+
+class RecordingSink(Protocol):
+    """Where recordings go once consent allowed them (recordings/pipeline.py)."""
+
+    async def open(self, action: a.OpenRecording) -> None: ...
+    async def process(self, job: RecordingJob) -> None: ...
+
+
+class NoRecordings:
+    """No recording pipeline (tests of other things): log, keep nothing."""
+
+    async def open(self, action: a.OpenRecording) -> None:
+        log.warning("call %s: recording without a pipeline", action.call_id)
+
+    async def process(self, job: RecordingJob) -> None:
+        log.warning("call %s: recording not processed (no pipeline)", job.call_id)
 
 
 class LoggingAgentLog:
@@ -45,14 +73,17 @@ class Executor:
         feed: Callable[[e.Event], None],
         cdrs: CdrSink,
         agent_log: AgentLogSink | None = None,
+        recordings: RecordingSink | None = None,
     ) -> None:
         self.ari = ari
         self.feed = feed
         self.cdrs = cdrs
         self.agent_log: AgentLogSink = agent_log or LoggingAgentLog()
+        self.recordings: RecordingSink = recordings or NoRecordings()
         self._lanes: dict[str, deque[a.Action]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bridges: dict[str, asyncio.Task[None]] = {}  # bridge id -> its create request
 
     def submit(self, actions: Iterable[a.Action]) -> None:
         for action in actions:
@@ -68,11 +99,18 @@ class Executor:
                 case a.StopPlayback(playback_id):
                     self._spawn(self._quietly(self.ari.stop_playback(playback_id)))
                 case a.DestroyBridge(bridge_id):
-                    self._spawn(self._quietly(self.ari.destroy_bridge(bridge_id)))
+                    self._spawn(self._quietly(self._destroy_bridge(bridge_id)))
                 case a.RecordAgentState(record):
                     self._spawn(self._record_agent_state(record))
-                case a.Bridge(_, channel_ids):
-                    # After the caller's earlier actions (stop the hold music first).
+                case a.OpenRecording():
+                    self._spawn(self._logged(self.recordings.open(action), action.call_id))
+                case a.ProcessRecording(job):
+                    self._spawn(self._logged(self.recordings.process(job), job.call_id))
+                case a.Bridge(bridge_id, channel_ids):
+                    # The bridge is created at once, while the caller's earlier
+                    # actions run (stop the hold music first); the channels go
+                    # in on the caller's lane, after them.
+                    self._create_bridge(bridge_id)
                     self._enqueue(channel_ids[0], action)
                 case _:
                     self._enqueue(action.channel_id, action)
@@ -135,14 +173,75 @@ class Executor:
                     timeout_s=max(1, -(-timeout_ms // 1000)),
                 )
             case a.Bridge(bridge_id, channel_ids):
-                await self.ari.create_bridge(bridge_id)
+                creating = self._bridges.get(bridge_id)
+                if creating is None:
+                    await self.ari.create_bridge(bridge_id)
+                else:
+                    try:
+                        await creating  # its AriError, if any, fails the Bridge
+                    finally:
+                        self._bridges.pop(bridge_id, None)
                 await self.ari.add_to_bridge(bridge_id, channel_ids)
             case a.StartMoh(channel_id, moh_class):
                 await self.ari.start_moh(channel_id, moh_class)
             case a.StopMoh(channel_id):
                 await self.ari.stop_moh(channel_id)
+            case a.RecordLeg(snoop_id, target, name, app_args):
+                await self._record_leg(snoop_id, target, name, app_args)
+            case a.PauseRecording(_, name):
+                await self.ari.pause_recording(name)
+            case a.ResumeRecording(_, name):
+                await self.ari.unpause_recording(name)
+            case a.StopRecording(snoop_id, name):
+                await self._stop_leg(snoop_id, name)
             case _:
                 raise TypeError(f"no ARI request for {action!r}")
+
+    # -- recording legs -----------------------------------------------------------
+
+    async def _record_leg(self, snoop_id: str, target: str, name: str, app_args: str) -> None:
+        """Snoop on the party, then record the snoop. The snoop enters our app
+        a moment after the POST returns; until it is there, a record request
+        gets 409: retry briefly rather than wait for its StasisStart."""
+        await self.ari.snoop(target, snoop_id, spy="in", app_args=app_args)
+        for delay in SNOOP_RETRY_DELAYS_S:
+            try:
+                await self.ari.record_channel(snoop_id, name)
+                return
+            except AriConflict:
+                await asyncio.sleep(delay)
+        await self.ari.record_channel(snoop_id, name)
+
+    async def _stop_leg(self, snoop_id: str, name: str) -> None:
+        # Either may be gone already: the party hung up and took the snoop along.
+        with contextlib.suppress(AriNotFound):
+            await self.ari.stop_recording(name)
+        with contextlib.suppress(AriNotFound):
+            await self.ari.hangup(snoop_id)
+
+    # -- bridges ------------------------------------------------------------------
+
+    def _create_bridge(self, bridge_id: str) -> None:
+        """POST /bridges now; the lane's Bridge step awaits it (measured: this
+        takes one ARI round trip off the answer-to-connect time)."""
+
+        async def create() -> None:
+            await self.ari.create_bridge(bridge_id)
+
+        task = asyncio.get_running_loop().create_task(create())
+        # Its outcome is the lane's; if the lane never gets there, it is dropped.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._bridges[bridge_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _destroy_bridge(self, bridge_id: str) -> None:
+        creating = self._bridges.pop(bridge_id, None)
+        if creating is not None:
+            # A bridge created after its DELETE would stay forever.
+            with contextlib.suppress(AriError):
+                await asyncio.shield(creating)
+        await self.ari.destroy_bridge(bridge_id)
 
     # -- the rest ----------------------------------------------------------------
 
@@ -168,6 +267,12 @@ class Executor:
             await self.cdrs.write(cdr)
         except Exception:
             log.exception("CDR %s could not be written", cdr.call_id)
+
+    async def _logged(self, work: object, call_id: str) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except Exception:
+            log.exception("recording of call %s failed", call_id)
 
     async def _quietly(self, request: object) -> None:
         try:

@@ -69,9 +69,8 @@ NOT_FOUND = 1
 
 
 def recordings_dir(settings: Settings) -> Path:
-    """The recordings base directory. (A `recordings.dir` setting should
-    replace this; config.py has none yet.)"""
-    return settings.data_dir / "recordings"
+    """The recordings base directory (`recordings.dir`, or under data_dir)."""
+    return settings.recordings_dir()
 
 
 # -- arguments -------------------------------------------------------------------------

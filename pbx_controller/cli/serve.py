@@ -70,6 +70,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 async def _serve(settings: Settings, *, migrate: bool) -> None:
     from pbx_controller.asterisk.ari import AriError
+    from pbx_controller.recordings.pipeline import RecordingPipeline
+    from pbx_controller.recordings.storage import RecordingStorage
     from pbx_controller.service import serve
     from pbx_controller.store.agent_log import DatabaseAgentLog
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
@@ -90,10 +92,15 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             raise CliError(f"CDR outbox: {exc}") from None
         agent_log = DatabaseAgentLog(make_sessionmaker(engine))
         agent_log.start()
+        recordings = RecordingPipeline(
+            RecordingStorage(settings.recordings_dir()),
+            settings.recordings.spool_dir,
+            make_sessionmaker(engine),
+        )
         try:
             outbox.start()
             try:
-                await serve(settings, directory, outbox, agent_log)
+                await serve(settings, directory, outbox, agent_log, recordings)
             except AriError as exc:
                 raise CliError(str(exc)) from None
             except OSError as exc:  # a listener's port is taken

@@ -119,6 +119,9 @@ class PostprocessJob:
     caller: Leg  # left channel
     agent: Leg  # right channel
     paused: tuple[Span, ...] = ()
+    # Spans silenced in place (DTMF tones): unlike paused spans, Asterisk
+    # wrote them, so nothing is inserted; they are only zeroed.
+    masked: tuple[Span, ...] = ()
     # Consent withdrawn (policy "trim"): keep the audio before this instant only.
     trim_at_ms: int | None = None
     # Besides the WAV, which is always written.
@@ -132,6 +135,7 @@ class PostprocessJob:
         if self.started_at.tzinfo is None or self.started_at.utcoffset() is None:
             raise ValueError("started_at must be timezone-aware")
         _check_spans(self.paused)
+        _check_spans(self.masked)
         if self.trim_at_ms is not None and self.trim_at_ms < 0:
             raise ValueError(f"trim_at_ms must be >= 0, got {self.trim_at_ms}")
         formats = tuple(validate_format(f) for f in self.formats)
@@ -198,7 +202,9 @@ def postprocess(
             length = min(length, _frames(job.trim_at_ms, rate))
         if length == 0:
             return _keep_nothing(job, storage)
-        spans = _merge(job.paused + tuple(s for leg, _ in legs for s in leg.paused or ()))
+        spans = _merge(
+            job.paused + job.masked + tuple(s for leg, _ in legs for s in leg.paused or ())
+        )
         left, right = (_finish(t, length, spans, rate) for t in tracks)
         _write_wav(storage, wav, left, right, rate)
 

@@ -337,6 +337,8 @@ def controller_settings(sandbox: SandboxAsterisk, **overrides: object) -> Settin
         "agi": {"host": "127.0.0.1", "port": e.agi_port},
         # Any free port: tests and the demo must not collide on 8780.
         "http": {"host": "127.0.0.1", "port": 0},
+        # Asterisk writes the legs here; the controller merges them.
+        "recordings": {"spool_dir": sandbox.recording_dir},
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

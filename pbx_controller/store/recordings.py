@@ -185,6 +185,12 @@ class PurgeReport:
         return tuple(i for i in self.items if i.error is not None)
 
 
+def recording_id_for(call_id: uuid.UUID) -> uuid.UUID:
+    """The row id of a call's recording (its WAV): one per call, stable, so
+    a retried insert or a re-run after a crash lands on the same row."""
+    return uuid.uuid5(_COPY_NAMESPACE, f"{call_id}/recording")
+
+
 def copy_id(recording_id: uuid.UUID, fmt: str) -> uuid.UUID:
     """The row id of a recording's copy in `fmt` (stable: reruns upsert)."""
     return uuid.uuid5(_COPY_NAMESPACE, f"{recording_id}/{fmt}")

@@ -1,0 +1,129 @@
+"""The recording port of the service: what happens to a recording the core
+started (consent allowed it) and later finished.
+
+- `open`: the row, with the consent evidence, while the call is still up.
+- `process`: the leg files Asterisk wrote into its spool are merged to
+  stereo and converted (post-processing, in a worker thread), stored with
+  mode 0640 under `<tenant>/<yyyy>/<mm>/<call>.<ext>`, and described in the
+  row (duration, sha256). A withdrawal under a "delete" policy flags the
+  recording for the next purge as well.
+
+Without a database (the bare demo) the files are still written; only the
+rows are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pbx_controller.core import actions as a
+from pbx_controller.core.consent import ConsentEvidence
+from pbx_controller.core.recording import RecordingJob
+from pbx_controller.recordings.postprocess import (
+    Leg,
+    PostprocessJob,
+    Postprocessor,
+    PostprocessResult,
+)
+from pbx_controller.recordings.storage import RecordingStorage
+from pbx_controller.store.recordings import (
+    ConsentProof,
+    NewRecording,
+    add_recording,
+    complete_recording,
+    flag_for_erasure,
+    recording_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RecordingPipeline:
+    def __init__(
+        self,
+        storage: RecordingStorage,
+        spool_dir: Path,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        *,
+        postprocessor: Postprocessor | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.storage = storage
+        self.spool_dir = spool_dir
+        self.sessions = sessions
+        self.postprocessor = postprocessor or Postprocessor(storage)
+        self.clock = clock
+        self.processed: list[tuple[RecordingJob, PostprocessResult]] = []
+
+    async def open(self, action: a.OpenRecording) -> None:
+        if self.sessions is not None:
+            await add_recording(
+                self.sessions,
+                self._new(action.call_id, action.tenant_id, action.started_at, action.evidence),
+            )
+
+    async def process(self, job: RecordingJob) -> None:
+        starts = dict(job.leg_starts_ms)
+        legs = {
+            leg.role: Leg(self.spool_dir / f"{leg.name}.wav", starts[leg.name])
+            if leg.name in starts
+            else Leg(None)
+            for leg in job.legs
+        }
+        result = await self.postprocessor.run(
+            PostprocessJob(
+                tenant_id=job.tenant_id,
+                call_id=uuid.UUID(job.call_id),
+                started_at=job.started_at,
+                caller=legs.get("caller", Leg(None)),
+                agent=legs.get("agent", Leg(None)),
+                paused=job.paused,
+                masked=job.masked,
+                trim_at_ms=job.trim_at_ms,
+                formats=tuple(job.formats),  # type: ignore[arg-type]
+            )
+        )
+        self.processed.append((job, result))
+        wav = result.wav
+        log.info(
+            "call %s: recording %s (%s ms%s)",
+            job.call_id,
+            wav.relative if wav else "erased, nothing kept",
+            wav.duration_ms if wav else 0,
+            ", withdrawn" if job.withdrawn else "",
+        )
+        if self.sessions is None:
+            return
+        # Idempotent: the row is there unless `open` failed (database down then).
+        new = self._new(job.call_id, job.tenant_id, job.started_at, job.evidence)
+        await add_recording(self.sessions, new)
+        now = self.clock()
+        await complete_recording(self.sessions, new.recording_id, result.files, now=now)
+        if job.erase:
+            await flag_for_erasure(
+                self.sessions, job.tenant_id, new.call_id, now=now, withdrawn=True
+            )
+
+    def _new(
+        self, call_id: str, tenant_id: str, started_at: datetime, evidence: ConsentEvidence
+    ) -> NewRecording:
+        call_uuid = uuid.UUID(call_id)
+        path = self.storage.path_for(tenant_id, call_uuid, started_at, "wav").relative
+        return NewRecording(
+            recording_id_for(call_uuid),
+            call_uuid,
+            tenant_id,
+            path,
+            started_at,
+            ConsentProof.from_evidence(evidence),
+        )
