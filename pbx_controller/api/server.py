@@ -8,6 +8,10 @@
                                     pause takes {"reason": "..."}; answers
                                     {"result": ..., "agent": {...}}: 200 OK,
                                     404 UNKNOWN_AGENT, 409 INVALID_STATE, 400 BAD_REQUEST
+    POST /calls/{id}/recording/stop|pause|resume?tenant=T
+                                    a live call's recording (withdrawal, PCI
+                                    pause); `tenant` is required: 200 OK,
+                                    404 UNKNOWN_CALL, 409 NOT_RECORDING
 
 `http_api(controller)` is a controller part (pbx_controller.parts): it binds
 `settings.http` once ARI is connected and is cleaned up, connections and
@@ -70,7 +74,10 @@ RESULT_STATUS: Mapping[str, int] = {
     "UNKNOWN_AGENT": 404,
     "INVALID_STATE": 409,
     "BAD_REQUEST": 400,
+    "UNKNOWN_CALL": 404,
+    "NOT_RECORDING": 409,
 }
+RECORDING_COMMANDS = ("stop", "pause", "resume")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request bodies are one small JSON object ({"reason": ...}).
 MAX_BODY_BYTES = 4096
@@ -143,6 +150,8 @@ def build_app(controller: Controller) -> web.Application:
     app.router.add_get("/calls", api.calls)
     app.router.add_get("/agents", api.agents)
     app.router.add_post("/agents/{agent_id}/" + command, api.agent_command)
+    recording = "{command:" + "|".join(RECORDING_COMMANDS) + "}"
+    app.router.add_post("/calls/{call_id}/recording/" + recording, api.recording_command)
     return app
 
 
@@ -212,6 +221,25 @@ class _Handlers:
             body["agent"] = agent_json(board.status(agent_id), self.controller.engine, None)
         if result != "OK":
             body["error"] = _refusal(result, agent_id, command, body.get("agent"))
+        return web.json_response(body, status=RESULT_STATUS.get(result, 500))
+
+    async def recording_command(self, request: web.Request) -> web.Response:
+        # Always one tenant's call: ops name the tenant, and another tenant's
+        # call is as unknown as a call that does not exist.
+        tenant = _tenant(request, self.controller.engine)
+        if tenant is None:
+            raise _ApiError(400, "tenant is required: ?tenant=T")
+        call_id = request.match_info["call_id"]
+        command = request.match_info["command"] + "_recording"
+        result = self.controller.call_command(tenant, call_id, command)
+        log.info("call %s %s via HTTP API: %s", call_id, command, result)
+        body: Json = {"result": result}
+        if result == "UNKNOWN_CALL":
+            body["error"] = f"no live call {call_id!r} for tenant {tenant!r}"
+        elif result == "NOT_RECORDING":
+            body["error"] = f"call {call_id} is not being recorded"
+        elif result != "OK":
+            body["error"] = f"call {call_id}: {command} refused as malformed"
         return web.json_response(body, status=RESULT_STATUS.get(result, 500))
 
 
@@ -296,6 +324,8 @@ def _call_json(call: Call, now: datetime, position: int | None) -> Json:
         "enqueued_at": _iso(call.enqueued_at),
         "answered_at": _iso(call.answered_at),
         "waited_ms": waited_ms,
+        "consent": call.consent.state.value if call.consent else None,
+        "recorded": call.recorded,
     }
 
 

@@ -10,7 +10,16 @@ from typing import Any
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
 # One module per command group, in the order `pbxctl --help` lists them.
-GROUP_MODULES = ("serve", "agent", "billing", "cdr", "config", "tenant", "recordings")
+GROUP_MODULES = (
+    "serve",
+    "agent",
+    "call",
+    "billing",
+    "cdr",
+    "config",
+    "tenant",
+    "recordings",
+)
 
 
 def groups() -> list[Register]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import uuid
 import wave
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from pbx_controller.core.consent import (
     RecordingRules,
     WithdrawalPolicy,
 )
+from pbx_controller.core.events import CallArrived
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -43,12 +45,13 @@ from pbx_controller.core.model import (
 )
 from pbx_controller.recordings.pipeline import RecordingPipeline
 from pbx_controller.recordings.storage import RecordingStorage
-from pbx_controller.sandbox.asterisk import SandboxAsterisk, controller_settings
+from pbx_controller.sandbox.asterisk import SandboxAsterisk, controller_settings, free_port
 from pbx_controller.service import Controller, LoggingCdrSink
 from pbx_controller.store import models as m
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
 from pbx_controller.store.recordings import recording_id_for
 from tests.integration.helpers import Watcher, wait_until, watch
+from tests.integration.test_http_api import pbxctl
 from tests.integration.test_recording_capture import include_test_audio
 from tests.unit.test_recordings_postprocess import goertzel, read_stereo, rms, window
 
@@ -89,8 +92,13 @@ def directory(
         memberships=(QueueMembership("rec-desk"),),
         recording_consent=agent_consents,
     )
+    other = Tenant("other", "Other Co")
     return Directory.build(
-        [tenant], [(DID, "rec")], queues=[queue], agents=[agent], did_queues=[(DID, "rec-desk")]
+        [tenant, other],
+        [(DID, "rec"), ("48225599", "other")],
+        queues=[queue],
+        agents=[agent],
+        did_queues=[(DID, "rec-desk")],
     )
 
 
@@ -104,11 +112,11 @@ class Desk:
     store: Path
     sessions: Any
 
-    async def call(self) -> Caller:
+    async def call(self, did: str = DID) -> Caller:
         tag = uuid.uuid4().hex[:10]
         outer, inner = f"caller-{tag}", f"caller-{tag}-in"
         await self.caller_app.originate(
-            f"Local/{DID}@pbx-inbound/n", channel_id=outer, other_channel_id=inner
+            f"Local/{did}@pbx-inbound/n", channel_id=outer, other_channel_id=inner
         )
         caller = Caller(self, outer, inner)
         # The controller answers its half; ours then enters this test's app.
@@ -130,12 +138,14 @@ class Caller:
     outer: str
     inner: str
     tones: int = 0
+    known_id: str = ""
 
     def call_id(self) -> str:
-        for step_event, _ in self.desk.watcher.steps:
-            if getattr(step_event, "channel_id", "") == self.inner and hasattr(step_event, "did"):
-                return step_event.call_id  # type: ignore[attr-defined,no-any-return]
-        return ""
+        if not self.known_id:
+            for step_event, _ in self.desk.watcher.steps:
+                if isinstance(step_event, CallArrived) and step_event.channel_id == self.inner:
+                    self.known_id = step_event.call_id
+        return self.known_id
 
     @property
     def id(self) -> str:
@@ -226,13 +236,13 @@ async def desk(
             session.add(m.Tenant(id="rec", name="Rec Co", recording_retention_days=30))
     store = tmp_path / "recordings"
     pipeline = RecordingPipeline(RecordingStorage(store), asterisk.recording_dir, sessions)
-    controller = Controller(
-        controller_settings(asterisk), directory_, LoggingCdrSink(), recordings=pipeline
-    )
+    settings = controller_settings(asterisk, http={"host": "127.0.0.1", "port": free_port()})
+    controller = Controller(settings, directory_, LoggingCdrSink(), recordings=pipeline)
     watcher = watch(controller)
     try:
         async with controller:
-            assert controller.agent_command("ann", "login") == "OK"
+            for agent_id in directory_.agents:
+                assert controller.agent_command(agent_id, "login") == "OK"
             yield Desk(
                 controller, watcher, caller_app, pipeline, asterisk.recording_dir, store, sessions
             )
@@ -452,3 +462,169 @@ async def test_pci_pause_leaves_silence_for_the_paused_span(
         assert rms(window(samples, start + 60, end - 60)) < 50  # silence, near zero
         assert rms(window(samples, start - 600, start - 100)) > 1000  # talk before
         assert rms(window(samples, end + 100, end + 600)) > 1000  # and after
+
+
+async def test_pbxctl_stops_a_recording_and_never_crosses_tenants(
+    asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
+) -> None:
+    async with desk(asterisk, caller_app, tmp_path, directory(ConsentPolicy.NOTIFY)) as d:
+        caller = await d.call()
+        await caller.until(CallState.CONNECTED, 20)
+        await wait_until(lambda: caller.id in d.controller.engine.recordings)
+        port = d.controller.settings.http.port
+        # Another tenant's operator: the call does not exist for them.
+        code, _, err = await pbxctl(port, "call", "stop-recording", caller.id, "--tenant", "other")
+        assert code == 1
+        assert "no live call" in err
+        assert caller.actions(a.StopRecording) == []
+        code, out, _ = await pbxctl(port, "call", "list", "--tenant", "rec")
+        assert code == 0
+        assert caller.id in out
+        assert "granted" in out
+        code, out, _ = await pbxctl(port, "call", "stop-recording", caller.id, "--tenant", "rec")
+        assert (code, out.strip()) == (0, f"call {caller.id}: recording stopped")
+        assert len(caller.actions(a.StopRecording)) == 2
+        code, _, err = await pbxctl(port, "call", "pause-recording", caller.id, "--tenant", "rec")
+        assert code == 1
+        assert "not being recorded" in err
+        await caller.hang_up()
+        cdr = await caller.cdr()
+        await processed(d, caller.id)
+    assert cdr.consent == "withdrawn"
+
+
+# -- the randomized run ------------------------------------------------------------------
+
+RANDOM_CALLS = int(os.environ.get("PBX_CONSENT_RANDOM_CALLS", "200"))
+BEHAVIOURS = ("silent", "agree", "opt_out", "withdraw", "early_hangup")
+
+
+def mixed_directory(rng: random.Random) -> tuple[Directory, dict[str, bool]]:
+    """Three tenants, one per policy; eight agents in every queue, about
+    half of them without recording consent in their employment terms."""
+    tenants, dids, queues = [], [], []
+    for n, policy in enumerate(ConsentPolicy):
+        tenant_id = f"mix-{policy.value}"
+        tenants.append(
+            Tenant(
+                tenant_id,
+                tenant_id,
+                greeting=("sound:beep",),
+                consent=ConsentRules(policy, prompt=PROMPT, answer_timeout_ms=1200),
+            )
+        )
+        dids.append((f"4822660{n}", tenant_id))
+        queues.append(
+            Queue(
+                f"{tenant_id}-q",
+                tenant_id,
+                ring_timeout_ms=10_000,
+                wrapup_ms=0,
+                announcements=Announcements(position=False, estimated_wait=False),
+            )
+        )
+    consents = {f"agent{n}": rng.random() < 0.5 for n in range(8)}
+    agents = [
+        AgentProfile(
+            agent_id,
+            agent_id,
+            "Local/tone-agent@pbx-test-audio/n",
+            memberships=tuple(QueueMembership(q.id) for q in queues),
+            recording_consent=consents[agent_id],
+        )
+        for agent_id in consents
+    ]
+    directory_ = Directory.build(
+        tenants,
+        dids,
+        queues=queues,
+        agents=agents,
+        did_queues=[(did, f"{tenant}-q") for did, tenant in dids],
+    )
+    return directory_, consents
+
+
+async def test_a_randomized_run_never_records_without_consent(
+    asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("PBX_CONSENT_SEED", str(random.SystemRandom().randrange(10**6))))
+    print(f"seed {seed} ({RANDOM_CALLS} calls)")
+    rng = random.Random(seed)
+    directory_, consents = mixed_directory(rng)
+    dids = {t: d for d, t in directory_.dids.items()}
+    plans = [
+        (rng.choice(sorted(dids)), rng.choice(BEHAVIOURS), rng.uniform(0.3, 1.0))
+        for _ in range(RANDOM_CALLS)
+    ]
+    cdrs: dict[str, CdrRecord] = {}
+    callers: list[Caller] = []
+    limit = asyncio.Semaphore(8)
+
+    async def one(d: Desk, tenant: str, behaviour: str, talk_s: float) -> None:
+        async with limit:
+            caller = await d.call(dids[tenant])
+            callers.append(caller)
+            policy = directory_.tenants[tenant].consent.policy
+            asks = policy is not ConsentPolicy.OFF
+            if asks and behaviour in ("agree", "opt_out", "early_hangup"):
+                await caller.until(CallState.CONSENT)
+                if behaviour == "early_hangup":
+                    await caller.hang_up()
+                    cdrs[caller.id] = await caller.cdr()
+                    return
+                await caller.press("1" if behaviour == "agree" else "9")
+            await caller.until(CallState.CONNECTED, 30)
+            await asyncio.sleep(talk_s)  # deliberate: the conversation
+            if behaviour == "withdraw":
+                await caller.press("9")
+                await asyncio.sleep(0.3)  # deliberate: a little more talk
+            await caller.hang_up()
+            cdrs[caller.id] = await caller.cdr()
+
+    unexplained: set[str] = set()
+
+    async def watch_the_spool(d: Desk) -> None:
+        """Every 20 ms: any file Asterisk writes must belong to a call the
+        controller had decided to record (consent granted) before it."""
+        while True:
+            started = {o.call_id for o in d.watcher.actions(a.OpenRecording)}
+            for path in asterisk.recording_dir.glob("*"):
+                if path.name[:36] not in started:
+                    unexplained.add(path.name)
+            await asyncio.sleep(0.02)
+
+    async with desk(asterisk, caller_app, tmp_path, directory_) as d:
+        spool_watch = asyncio.create_task(watch_the_spool(d))
+        async with asyncio.timeout(600):
+            await asyncio.gather(*(one(d, *plan) for plan in plans))
+        spool_watch.cancel()
+        opened = d.watcher.actions(a.OpenRecording)
+        await wait_until(lambda: len(d.pipeline.processed) == len(opened), 60)
+        await d.controller.executor.drain()
+
+    assert len(cdrs) == RANDOM_CALLS
+    assert unexplained == set()
+    recorded = {o.call_id for o in opened}
+    outcomes: dict[str, int] = {}
+    for caller in callers:
+        cdr = cdrs[caller.id]
+        outcomes[cdr.consent] = outcomes.get(cdr.consent, 0) + 1
+        policy = directory_.tenants[cdr.tenant_id or ""].consent.policy
+        allowed = (
+            policy is not ConsentPolicy.OFF
+            and cdr.agent_id is not None
+            and consents[cdr.agent_id]
+            and cdr.consent in ("granted", "withdrawn")
+        )
+        if caller.id in recorded:
+            # Recorded: the caller had granted it, and so had the agent.
+            assert allowed, (seed, cdr)
+            (start,) = [o for o in opened if o.call_id == caller.id]
+            assert start.evidence.state.value == "granted"
+        else:
+            # Never recorded: not one file, raw or stored, at any time we look.
+            assert caller.files() == [], (seed, cdr)
+            assert not (allowed and cdr.consent == "granted" and cdr.talk_ms > 500), (seed, cdr)
+    print(f"outcomes {outcomes}, recorded {len(recorded)} of {len(callers)}")
+    assert len(recorded) > 0
+    assert outcomes.get("declined", 0) > 0
