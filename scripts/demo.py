@@ -22,6 +22,8 @@ from sqlalchemy import select
 from pbx_controller import configfile
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
+from pbx_controller.recordings.pipeline import RecordingPipeline
+from pbx_controller.recordings.storage import RecordingStorage
 from pbx_controller.sandbox import sipp
 from pbx_controller.sandbox.asterisk import (
     AsteriskInstall,
@@ -41,14 +43,27 @@ from pbx_controller.store.directory import load_directory
 OUT = Path("demo-out")
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.toml"
 # Agent phones: how long each rings before the agent picks up, and talks.
+# Each phone and caller "talks": a steady tone as RTP (agents 1200 Hz,
+# callers 440 Hz), so a recording's two channels can be told apart.
 PHONES = {
-    "anna": sipp.AgentPhone(ring_ms=400, talk_ms=2000),
-    "bartek": sipp.AgentPhone(ring_ms=900, talk_ms=1500),
-    "celina": sipp.AgentPhone(ring_ms=600, talk_ms=1500),
+    "anna": sipp.AgentPhone(ring_ms=400, talk_ms=3000, tone_hz=1200),
+    "bartek": sipp.AgentPhone(ring_ms=900, talk_ms=1500, tone_hz=1200),
+    "celina": sipp.AgentPhone(ring_ms=600, talk_ms=1500, tone_hz=1200),
 }
 CALLS = [
-    ("48221001", 2, "two callers for Acme's sales queue (needs Polish level 5)"),
-    ("48221002", 1, "one caller for SmallCo's front desk (rings all agents)"),
+    (
+        "48221001",
+        2,
+        "two callers for Acme's sales queue (needs Polish level 5; consent policy notify: "
+        "staying on the line after the announcement is consent, but only Anna's "
+        "employment terms allow recording)",
+    ),
+    (
+        "48221002",
+        1,
+        "one caller for SmallCo's front desk (rings all agents; consent policy opt_in: "
+        "the caller presses nothing, so the call is not recorded)",
+    ),
     ("48229999", 1, "a caller who dialled a number nobody owns"),
 ]
 
@@ -69,7 +84,8 @@ class Narrator:
         print(f"  {tag:<8} {type(event).__name__ + _detail(event):<46} -> {said}")
 
     def _tag(self, event: e.Event) -> str:
-        for key in (getattr(event, "call_id", ""), getattr(event, "channel_id", "")):
+        name = getattr(event, "name", "")
+        for key in (getattr(event, "call_id", ""), getattr(event, "channel_id", ""), name[:36]):
             if key in self.calls:
                 return self.calls[key]
             call = key.split("-leg")[0].split("-pb")[0]
@@ -104,7 +120,13 @@ def _detail(item: object) -> str:
         case a.RecordAgentState(record=r):
             return f"({r.agent_id} {r.state.value})"
         case a.EmitCdr(cdr=cdr):
-            return f"({cdr.disposition.value})"
+            return f"({cdr.disposition.value}, consent {cdr.consent})"
+        case (
+            a.RecordLeg(name=name) | e.RecordingStarted(name=name) | e.RecordingFinished(name=name)
+        ):
+            return f"({name.rsplit('-', 1)[-1]})"
+        case e.DtmfReceived(digit=digit):
+            return f"({digit})"
         case e.PlaybackFinished(completed=completed):
             return "" if completed else "(cut short)"
     return ""
@@ -136,11 +158,15 @@ async def main(install: AsteriskInstall) -> int:
                 {f"agent-{name}": phone.address for name, phone in PHONES.items()},
             )
             directory = await load_directory(sessions)
+            recordings = RecordingPipeline(
+                RecordingStorage(OUT / "recordings"), asterisk.recording_dir, sessions
+            )
             controller = Controller(
                 controller_settings(asterisk),
                 directory,
                 DatabaseCdrSink(sessions),
                 agent_log=agent_log,
+                recordings=recordings,
             )
             controller.observers.append(Narrator())
             await stack.enter_async_context(controller)
@@ -150,7 +176,7 @@ async def main(install: AsteriskInstall) -> int:
             print("== real SIP calls from sipp")
             for did, count, what in CALLS:
                 print(f"-- {what}: {count} x DID {did}")
-                result = await sipp.call(port, did, calls=count, rate=5)
+                result = await sipp.call(port, did, calls=count, rate=5, tone_hz=440)
                 print(f"   sipp: {result.successful} completed, {result.failed} failed")
             await controller.executor.drain()
     finally:
@@ -163,21 +189,36 @@ async def main(install: AsteriskInstall) -> int:
         for seg in await session.scalars(select(m.CdrSegment).order_by(m.CdrSegment.seq)):
             offers.setdefault(str(seg.call_id), []).append(f"{seg.agent_id}:{seg.outcome}")
         log_rows = (await session.scalars(select(m.AgentStateLog))).all()
+        recording_rows = (
+            await session.scalars(select(m.Recording).order_by(m.Recording.created_at))
+        ).all()
     await engine.dispose()
     print("== CDR rows in the database (ms)")
     print(
         f"   {'call id':<8} {'tenant':<8} {'DID':<9} {'disposition':<12} "
-        f"{'queue':<14} {'agent':<7} {'wait':>6} {'talk':>6}  offers"
+        f"{'queue':<14} {'agent':<7} {'wait':>6} {'talk':>6} {'consent':<10} "
+        f"{'recorded':<8} offers"
     )
     for row in rows:
         print(
             f"   {str(row.call_id)[:8]:<8} {row.tenant_id or '-':<8} {row.did:<9} "
             f"{row.disposition:<12} {row.queue_id or '-':<14} {row.agent_id or '-':<7} "
-            f"{row.wait_ms:>6} {row.talk_ms:>6}  {' '.join(offers.get(str(row.call_id), []))}"
+            f"{row.wait_ms:>6} {row.talk_ms:>6} {row.consent:<10} "
+            f"{'yes' if row.recording_id else 'no':<8} "
+            f"{' '.join(offers.get(str(row.call_id), []))}"
+        )
+    print(f"== recordings (pbxctl recordings list; files under {OUT / 'recordings'})")
+    for rec in recording_rows:
+        print(
+            f"   {str(rec.call_id)[:8]} {rec.path} {rec.duration_ms} ms, "
+            f"sha256 {(rec.sha256 or '')[:12]}..., consent {rec.consent_policy} "
+            f"(prompt {rec.consent_prompt_version}, digit {rec.consent_digit or 'none'}), "
+            f"kept until {rec.retention_until:%Y-%m-%d}"
         )
     print(f"== agent_state_log: {len(log_rows)} rows (readiness billing reads these)")
     expected = sum(count for _, count, _ in CALLS)
     answered = sum(1 for r in rows if r.disposition == "answered")
+    declined = sum(1 for r in rows if r.consent == "declined")
     if len(rows) != expected or answered != expected - 1:
         print(
             f"demo: expected {expected} CDRs with {expected - 1} answered, "
@@ -185,7 +226,17 @@ async def main(install: AsteriskInstall) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"== done: {len(rows)} calls, {answered} answered by agents, {len(rows)} CDRs")
+    if len(recording_rows) != 1 or declined != 1:
+        print(
+            f"demo: expected one recorded call and one declined, found "
+            f"{len(recording_rows)} recorded and {declined} declined",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"== done: {len(rows)} calls, {answered} answered by agents, {len(rows)} CDRs, "
+        f"{len(recording_rows)} recorded with consent, {declined} declined"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import math
 import shutil
 import socket
 import tempfile
@@ -28,6 +29,40 @@ class SippResult:
     output: str
 
 
+def write_tone(path: Path, hz: int, seconds: float = 60.0, level: float = 0.3) -> Path:
+    """A sine tone as headerless G.711 mu-law at 8 kHz: what sipp's
+    `rtp_stream` sends as payload type 0 (PCMU). The test's stand-in for a
+    voice: each party gets its own frequency, so a recording's channels can
+    be told apart."""
+    samples = int(seconds * 8000)
+    amplitude = level * 32767
+    path.write_bytes(
+        bytes(_ulaw(int(amplitude * math.sin(2 * math.pi * hz * n / 8000))) for n in range(samples))
+    )
+    return path
+
+
+def _ulaw(sample: int) -> int:
+    """G.711 mu-law of one 16-bit sample (ITU-T G.711, the usual bias/clip)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = max(magnitude.bit_length() - 8, 0)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def _with_media(scenario: Path, work: Path, tone_hz: int | None) -> Path:
+    """The scenario, streaming a tone where it says <!-- media -->."""
+    if tone_hz is None:
+        return scenario
+    tone = write_tone(work / f"tone-{tone_hz}.ulaw", tone_hz)
+    action = f'<nop><action><exec rtp_stream="{tone},-1,0"/></action></nop>'
+    text = scenario.read_text().replace("<!-- media -->", action)
+    path = work / f"media-{scenario.name}"
+    path.write_text(text)
+    return path
+
+
 def sipp_path() -> str:
     path = shutil.which("sipp")
     if path is None:
@@ -44,6 +79,7 @@ async def call(
     scenario: str = "caller.xml",
     timeout_s: float = 60.0,
     from_user: str | None = None,
+    tone_hz: int | None = None,
 ) -> SippResult:
     """Place `calls` calls to `did` through the PBX's SIP port and wait for
     all of them to finish. Returns sipp's own success/failure counts."""
@@ -55,6 +91,8 @@ async def call(
             text = scenario_path.read_text().replace("48500[call_number]", from_user)
             scenario_path = Path(work) / scenario
             scenario_path.write_text(text)
+        # With `tone_hz`, the caller talks: a steady tone as RTP once answered.
+        scenario_path = _with_media(scenario_path, Path(work), tone_hz)
         args = [
             sipp_path(),
             f"127.0.0.1:{sip_port}",
@@ -120,11 +158,19 @@ class AgentPhone:
     `talk_ms` unless the PBX hangs up first. Use as an async context manager;
     `address` is what the PJSIP endpoint's contact points at."""
 
-    def __init__(self, *, ring_ms: int = 200, talk_ms: int = 60_000, answers: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        ring_ms: int = 200,
+        talk_ms: int = 60_000,
+        answers: bool = True,
+        tone_hz: int | None = None,
+    ) -> None:
         self.port = free_port(socket.SOCK_DGRAM)
         self.ring_ms = ring_ms
         self.talk_ms = talk_ms
         self.answers = answers
+        self.tone_hz = tone_hz
         self._work: tempfile.TemporaryDirectory[str] | None = None
         self.process: asyncio.subprocess.Process | None = None
 
@@ -140,7 +186,7 @@ class AgentPhone:
         text = text.replace("@talk_ms@", str(self.talk_ms))
         path = directory / "agent.xml"
         path.write_text(text)
-        return path
+        return _with_media(path, directory, self.tone_hz)
 
     async def __aenter__(self) -> AgentPhone:
         self._work = tempfile.TemporaryDirectory(prefix="sipp-agent-")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import uuid
@@ -45,6 +46,7 @@ from pbx_controller.core.model import (
 )
 from pbx_controller.recordings.pipeline import RecordingPipeline
 from pbx_controller.recordings.storage import RecordingStorage
+from pbx_controller.sandbox import sipp
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, controller_settings, free_port
 from pbx_controller.service import Controller, LoggingCdrSink
 from pbx_controller.store import models as m
@@ -628,3 +630,38 @@ async def test_a_randomized_run_never_records_without_consent(
     print(f"outcomes {outcomes}, recorded {len(recorded)} of {len(callers)}")
     assert len(recorded) > 0
     assert outcomes.get("declined", 0) > 0
+
+
+async def test_sipp_caller_and_phone_streaming_rtp_are_recorded_in_stereo(
+    asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
+) -> None:
+    """The same with real SIP on both sides: sipp streams RTP (G.711) from
+    the caller and from the agent's phone."""
+    base = directory(ConsentPolicy.NOTIFY)
+    agent = dataclasses.replace(base.agents["ann"], endpoint="PJSIP/agent-rtp")
+    sip_directory = Directory.build(
+        base.tenants.values(),
+        base.dids.items(),
+        queues=base.queues.values(),
+        agents=[agent],
+        did_queues=base.did_queues.items(),
+    )
+    phone = sipp.AgentPhone(ring_ms=200, talk_ms=3000, tone_hz=AGENT_HZ)
+    async with phone:
+        await asyncio.to_thread(asterisk.set_agent_phones, {"agent-rtp": phone.address})
+        async with desk(asterisk, caller_app, tmp_path, sip_directory) as d:
+            result = await sipp.call(asterisk.endpoints.sip_port, DID, tone_hz=CALLER_HZ)
+            assert (result.successful, result.failed) == (1, 0)
+            (opened,) = d.watcher.actions(a.OpenRecording)
+            stored = await processed(d, opened.call_id)
+            (emitted,) = d.watcher.actions(a.EmitCdr)
+    assert emitted.cdr.consent == "granted"
+    wav = stored.wav
+    assert wav is not None
+    assert abs(wav.duration_ms - emitted.cdr.talk_ms) <= 1000
+    left, right, _ = read_stereo(wav.path)
+    middle = (wav.duration_ms // 2 - 500, wav.duration_ms // 2 + 500)
+    assert goertzel(window(left, *middle), CALLER_HZ) > 1000
+    assert goertzel(window(left, *middle), AGENT_HZ) < 100
+    assert goertzel(window(right, *middle), AGENT_HZ) > 1000
+    assert goertzel(window(right, *middle), CALLER_HZ) < 100
