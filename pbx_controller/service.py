@@ -39,6 +39,7 @@ from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine, NotRecording, UnknownCall
 from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import Directory
+from pbx_controller.core.recording import SNOOP_ROLE
 from pbx_controller.recordings.pipeline import RecordingPipeline
 from pbx_controller.recordings.storage import RecordingStorage
 
@@ -322,6 +323,12 @@ class Controller:
         for channel in candidates.channels:
             if channel["id"] in self._seen_channels:
                 continue
+            if _is_snoop(channel):
+                # A recording leg of a call the earlier run lost: stop it
+                # (hanging up the snoop ends its recording); never resume one.
+                log.warning("snoop channel %s left by an earlier run; hanging it up", channel["id"])
+                self.executor.submit([a.Hangup(channel["id"])])
+                continue
             log.warning(
                 "channel %s was left in the app by an earlier run; adopting it", channel["id"]
             )
@@ -340,6 +347,11 @@ class Controller:
         dialplan = channel.get("dialplan") or {}
         data = str(dialplan.get("app_data", ""))
         return dialplan.get("app_name") == "Stasis" and data.split(",", 1)[0] == self.ari.app
+
+
+def _is_snoop(channel: dict[str, Any]) -> bool:
+    data = str((channel.get("dialplan") or {}).get("app_data", "")).split(",")
+    return len(data) > 1 and data[1] == SNOOP_ROLE
 
 
 async def serve(

@@ -665,3 +665,33 @@ async def test_sipp_caller_and_phone_streaming_rtp_are_recorded_in_stereo(
     assert goertzel(window(left, *middle), AGENT_HZ) < 100
     assert goertzel(window(right, *middle), AGENT_HZ) > 1000
     assert goertzel(window(right, *middle), CALLER_HZ) < 100
+
+
+async def test_a_restarted_controller_stops_the_recordings_it_lost(
+    asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
+) -> None:
+    """The controller dies mid-call (its task is cancelled: no stop is sent).
+    The next run finds the snoop channels in its app and hangs them up, so
+    nothing goes on being recorded that no run can stop or withdraw."""
+    async with desk(asterisk, caller_app, tmp_path, directory(ConsentPolicy.NOTIFY)) as d:
+        caller = await d.call()
+        await caller.until(CallState.CONNECTED, 20)
+        await wait_until(
+            lambda: (
+                caller.id in d.controller.engine.recordings
+                and len(d.controller.engine.recordings[caller.id].leg_starts_ms) == 2
+            )
+        )
+        # Gone without a word: no StopRecording reaches Asterisk.
+        d.controller.executor.submit = lambda actions: None  # type: ignore[method-assign]
+    assert "snoop" in asterisk.cli("core show channels concise")
+    async with desk(asterisk, caller_app, tmp_path / "second", directory(ConsentPolicy.NOTIFY)):
+        await wait_until(lambda: "snoop" not in asterisk.cli("core show channels concise"), 10)
+    legs = sorted(asterisk.recording_dir.glob(f"{caller.id}*"))
+    assert [p.name for p in legs] == [f"{caller.id}-agent.wav", f"{caller.id}-caller.wav"]
+    sizes = [p.stat().st_size for p in legs]
+    await asyncio.sleep(0.5)  # deliberate: the files no longer grow
+    assert [p.stat().st_size for p in legs] == sizes
+    await caller.hang_up()
+    for path in legs:
+        path.unlink()
