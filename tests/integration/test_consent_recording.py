@@ -444,7 +444,9 @@ async def test_pci_pause_leaves_silence_for_the_paused_span(
                 and len(d.controller.engine.recordings[caller.id].leg_starts_ms) == 2
             )
         )
-        await asyncio.sleep(1.5)  # deliberate: recorded
+        await asyncio.sleep(1.0)  # deliberate: recorded
+        await caller.press("5")  # a menu digit while recording: masked in the file
+        await asyncio.sleep(1.0)  # deliberate: recorded
         assert d.controller.call_command("rec", caller.id, "pause_recording") == "OK"
         await caller.press("4111")  # card digits while paused: not a withdrawal
         await asyncio.sleep(1.5)  # deliberate: "card data"
@@ -464,6 +466,13 @@ async def test_pci_pause_leaves_silence_for_the_paused_span(
         assert rms(window(samples, start + 60, end - 60)) < 50  # silence, near zero
         assert rms(window(samples, start - 600, start - 100)) > 1000  # talk before
         assert rms(window(samples, end + 100, end + 600)) > 1000  # and after
+    # The DTMF tone's span is zeroed in both channels (the agent kept talking
+    # through it, so the right channel proves the mask), digits while paused
+    # needed none.
+    ((mask_start, mask_end),) = process.job.masked
+    assert mask_end - mask_start >= 120
+    assert rms(window(right, mask_start, mask_end)) == 0
+    assert rms(window(right, mask_start - 400, mask_start - 100)) > 1000
 
 
 async def test_pbxctl_stops_a_recording_and_never_crosses_tenants(
