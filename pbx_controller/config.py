@@ -67,6 +67,9 @@ class AgiSettings(_Section):
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8780, ge=0, le=65535)
+    # A bearer token for everything but /health and /metrics; None: none
+    # asked (loopback only). pbxctl sends it from the same settings.
+    token: SecretStr | None = None
 
 
 class RecordingSettings(_Section):

@@ -17,9 +17,10 @@
 `settings.http` once ARI is connected and is cleaned up, connections and
 all, when the controller stops.
 
-There is no authentication yet: the listener is loopback by default, and
-anyone who can reach it can log agents out. A non-loopback bind is logged
-as a warning at start (by the controller, and here once more, for the API).
+Authentication: with `http.token` set, every endpoint but /health and
+/metrics wants `Authorization: Bearer <token>` (401 otherwise). Without a
+token the listener must stay on loopback (the default): a non-loopback bind
+without one is logged as a warning at start.
 
 Handlers read the engine synchronously, in the loop thread, as the
 dispatcher does; they never await while holding a view of it, so each
@@ -36,6 +37,7 @@ that is the operator's view, for loopback clients.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -105,7 +107,9 @@ class HttpApi:
 async def http_api(controller: Controller) -> AsyncIterator[HttpApi]:
     """The controller part: serve the API on `settings.http` until the controller stops."""
     settings = controller.settings.http
-    if any(bind.startswith("http.") for bind in controller.settings.non_loopback_binds()):
+    if controller.settings.http.token is None and any(
+        bind.startswith("http.") for bind in controller.settings.non_loopback_binds()
+    ):
         log.warning(
             "HTTP API on %s:%d is off loopback and has no authentication: "
             "anyone who reaches it can log agents in and out",
@@ -143,7 +147,11 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
 
 def build_app(controller: Controller) -> web.Application:
     api = _Handlers(controller)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    token = controller.settings.http.token
+    middlewares = [_json_errors]
+    if token is not None:
+        middlewares.append(_bearer(token.get_secret_value()))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     command = "{command:" + "|".join(AGENT_COMMANDS) + "}"
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
@@ -176,6 +184,24 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+
+
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+
+
+def _bearer(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            # Constant time: the token is a secret.
+            if not hmac.compare_digest(given, expected):
+                raise _ApiError(401, "missing or wrong bearer token (http.token)")
+        return await handler(request)
+
+    return check
 
 
 class _Handlers:

@@ -29,7 +29,7 @@ from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
 from pbx_controller.config import HttpSettings
 
-__all__ = ["COMMANDS", "api_url", "register", "request"]
+__all__ = ["COMMANDS", "api_token", "api_url", "register", "request"]
 
 # CLI word -> API command.
 COMMANDS = {
@@ -85,6 +85,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     listing.set_defaults(func=run_list)
 
 
+def api_token(settings: HttpSettings) -> str | None:
+    return settings.token.get_secret_value() if settings.token is not None else None
+
+
 def api_url(settings: HttpSettings) -> str:
     """Where the controller's API answers; a wildcard bind is reached on loopback."""
     if settings.port == 0:
@@ -96,16 +100,21 @@ def api_url(settings: HttpSettings) -> str:
 
 
 def request(
-    base: str, method: str, path: str, body: dict[str, Any] | None = None
+    base: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
 ) -> tuple[int, Any]:
     """One JSON request to the API: (status, decoded body). A controller that
     does not answer is a CliError."""
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(  # noqa: S310 (http:// built from our settings)
-        base + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        base + path, data=data, method=method, headers=headers
     )
     try:
         with _OPENER.open(req, timeout=TIMEOUT_S) as response:
@@ -125,11 +134,12 @@ def request(
 
 
 def run_command(args: argparse.Namespace) -> int:
-    base = api_url(settings_from(args).http)
+    http = settings_from(args).http
+    base = api_url(http)
     command: str = args.api_command
     path = f"/agents/{urllib.parse.quote(args.agent_id, safe='')}/{command}"
     body = {"reason": args.reason} if command == "pause" else {}
-    status, answer = request(base, "POST", path, body)
+    status, answer = request(base, "POST", path, body, token=api_token(http))
     result = answer.get("result") if isinstance(answer, dict) else None
     message = answer.get("error", "") if isinstance(answer, dict) else ""
     if status == 200 and result == "OK":
@@ -155,11 +165,12 @@ def _describe(agent: Any) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    base = api_url(settings_from(args).http)
+    http = settings_from(args).http
+    base = api_url(http)
     path = "/agents"
     if args.tenant is not None:
         path += "?" + urllib.parse.urlencode({"tenant": args.tenant})
-    status, answer = request(base, "GET", path)
+    status, answer = request(base, "GET", path, token=api_token(http))
     if status != 200 or not isinstance(answer, dict):
         error = answer.get("error") if isinstance(answer, dict) else None
         raise CliError(error or f"controller answered HTTP {status}")

@@ -19,7 +19,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from pbx_controller.cli.agent import api_url, request
+from pbx_controller.cli.agent import api_token, api_url, request
 from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
 
@@ -56,13 +56,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    base = api_url(settings_from(args).http)
+    http = settings_from(args).http
+    base = api_url(http)
     command: str = args.api_command
     path = (
         f"/calls/{urllib.parse.quote(args.call_id, safe='')}/recording/{command}?"
         + urllib.parse.urlencode({"tenant": args.tenant})
     )
-    status, answer = request(base, "POST", path, {})
+    status, answer = request(base, "POST", path, {}, token=api_token(http))
     result = answer.get("result") if isinstance(answer, dict) else None
     message = answer.get("error", "") if isinstance(answer, dict) else ""
     if status == 200 and result == "OK":
@@ -75,9 +76,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    base = api_url(settings_from(args).http)
+    http = settings_from(args).http
     status, answer = request(
-        base, "GET", "/calls?" + urllib.parse.urlencode({"tenant": args.tenant})
+        api_url(http),
+        "GET",
+        "/calls?" + urllib.parse.urlencode({"tenant": args.tenant}),
+        token=api_token(http),
     )
     if status != 200 or not isinstance(answer, dict):
         error = answer.get("error") if isinstance(answer, dict) else None

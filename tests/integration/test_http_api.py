@@ -462,3 +462,40 @@ async def test_pbxctl_agent_talks_to_the_running_controller(api: Api) -> None:
     code, _, err = await pbxctl(api.port, "agent", "logout", "anna")
     assert code == 0, err
     assert api.state("anna") is AgentState.LOGGED_OUT
+
+
+async def test_a_token_guards_everything_but_health_and_metrics(
+    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    token = "s3cret-" + os.urandom(8).hex()
+    settings = controller_settings(
+        asterisk, http={"host": "127.0.0.1", "port": port, "token": token}
+    )
+    async with (
+        Controller(settings, directory(), LoggingCdrSink()) as controller,
+        aiohttp.ClientSession() as session,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/health", "/metrics"):
+            async with session.get(base + path) as response:
+                assert response.status == 200, path
+        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": token}):
+            async with session.get(base + "/agents", headers=wrong) as response:
+                assert response.status == 401
+                assert token not in await response.text()
+            async with session.post(base + "/agents/anna/login", headers=wrong) as response:
+                assert response.status == 401
+        assert controller.engine.board.status("anna").state is AgentState.LOGGED_OUT
+        good = {"Authorization": f"Bearer {token}"}
+        async with session.get(base + "/agents", headers=good) as response:
+            assert response.status == 200
+        # pbxctl reads the token from the same settings (here: the environment).
+        with monkeypatch.context() as env:
+            env.setenv("PBX_HTTP__TOKEN", token)
+            code, out, _ = await pbxctl(port, "agent", "login", "anna")
+        assert (code, out.startswith("agent anna: logged in")) == (0, True)
+        code, _, err = await pbxctl(port, "agent", "logout", "anna")  # no token
+        assert code == 2
+        assert "bearer token" in err
+        await hang_up_everything(controller)
