@@ -235,6 +235,9 @@ def controller_toml(greeting: str) -> str:
         "[tenants.bench]",
         'name = "Bench"',
         f'greeting = ["{greeting}"]',
+        # No consent prompt (opt_in is the default since migration 0002): the
+        # bench callers press nothing, and app_queue asks nothing either.
+        'consent_policy = "off"',
         "",
         "[[tenants.bench.dids]]",
         f'number = "{DID}"',
