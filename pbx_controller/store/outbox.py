@@ -589,6 +589,7 @@ class CdrOutbox:
         write_timeout_s: float = 10.0,
         outage_log_every_s: float = 60.0,
         keep_latencies: bool = False,
+        linger_s: float = 0.1,
     ) -> None:
         if batch_size < 1 or max_segment_bytes < 1:
             raise ValueError("batch_size and max_segment_bytes must be positive")
@@ -601,6 +602,7 @@ class CdrOutbox:
         self.write_timeout_s = write_timeout_s
         self.outage_log_every_s = outage_log_every_s
         self.keep_latencies = keep_latencies
+        self.linger_s = linger_s
         self.stats = OutboxStats()
         self._database = redact_url(database_url) if database_url else "the database"
         self._url = database_url
@@ -629,6 +631,7 @@ class CdrOutbox:
         self._flusher: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()  # a full batch waits, or close(): stop lingering
         self._changed = asyncio.Event()
         self._down_since: float | None = None
         self._failures = 0  # consecutive database failures, for the backoff
@@ -715,6 +718,7 @@ class CdrOutbox:
         if not self._opened:
             return True
         self._accepting = False
+        self._hurry.set()
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._writer is not None:
@@ -808,6 +812,8 @@ class CdrOutbox:
                     continue
                 self._durable(seq, size)
                 self.stats.appended += len(batch)
+                if self.unsent_estimate() >= self.batch_size:
+                    self._hurry.set()
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
@@ -941,6 +947,18 @@ class CdrOutbox:
                 continue
             if not progressed:
                 await self._wakeup.wait()
+                await self._linger()
+
+    async def _linger(self) -> None:
+        """Let more CDRs reach the disk for `linger_s`, so that one upsert and
+        one cursor fsync take them all (the CDRs are durable already: this only
+        delays the database). Not when closing, nor once a full batch waits."""
+        if self.linger_s <= 0 or not self._accepting or self.unsent_estimate() >= self.batch_size:
+            return
+        self._hurry.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger_s):
+                await self._hurry.wait()
 
     def _next_segment(self, seq: int) -> int | None:
         later = [s for s in self._sizes if s >= seq]
