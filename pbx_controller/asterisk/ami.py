@@ -14,6 +14,10 @@ What it adds to panoramisk 1.4, and why:
   second call, so the caller decides.
 - Event subscriptions by name pattern, with async callbacks run in order per
   subscription in tasks we own (panoramisk fires and forgets them).
+- No events unless subscribed: the session logs in with `Events: off` and
+  turns the event mask on (`Events` action) while a subscription exists.
+  Asterisk otherwise sends every call event (dozens per call) to a client
+  that only needs actions, and panoramisk parses each of them.
 - A heartbeat: panoramisk pings but never looks at the answer, so a hung
   Asterisk (TCP up, nothing answered) would go unnoticed. An unanswered Ping
   aborts the connection, and panoramisk reconnects.
@@ -129,6 +133,7 @@ class _Manager(Manager):  # type: ignore[misc]
         self.client = client
         self.closing = False
         self.connect_task: asyncio.Task[Any] | None = None
+        self.login_events = self.config["events"]
 
     def connect(self, *args: Any, **kwargs: Any) -> asyncio.Task[Any] | None:
         # panoramisk arms un-cancellable reconnect timers that land here.
@@ -148,6 +153,7 @@ class _Manager(Manager):  # type: ignore[misc]
             return
         if f.exception() is not None:
             self.client.last_error = f.exception()
+        self.login_events = self.config["events"]  # what the Login about to go says
         super().connection_made(f)
 
     def login(self, future: asyncio.Future[Any]) -> bool:
@@ -195,6 +201,7 @@ class Subscription:
 
     def cancel(self) -> None:
         self._client._subscriptions.discard(self)
+        self._client._update_event_mask()
         self._task.cancel()
 
     async def wait_closed(self) -> None:
@@ -241,6 +248,7 @@ class AmiClient:
             secret=secret,
             protocol_factory=_Protocol,
             reconnect_timeout=reconnect_s,  # panoramisk takes whole seconds
+            events="off",  # the Login's mask; on while a subscription exists
             on_disconnect=self._on_disconnect,
             log=_RedactingLog(logging.getLogger(f"{__name__}.panoramisk"), secret),
         )
@@ -329,6 +337,8 @@ class AmiClient:
         """Send one action; its response, or the list of response + events for
         list actions (and for an async Originate: [Response, OriginateResponse],
         where a Failure in OriginateResponse is the call's outcome, not an error).
+        OriginateResponse is an event: an async Originate needs a subscription
+        (any) while it runs, or its answer never comes.
         """
         name = next((str(v) for k, v in action.items() if k.lower() == "action"), "")
         if not name:
@@ -380,7 +390,35 @@ class AmiClient:
             raise TypeError("AMI event callbacks must be async def")
         subscription = Subscription(self, pattern, callback, backlog)
         self._subscriptions.add(subscription)
+        self._update_event_mask()
         return subscription
+
+    def _update_event_mask(self) -> None:
+        """Events on while anything is subscribed, off otherwise. The Events
+        action is written at once, so it reaches Asterisk before any action
+        sent after `subscribe()` returns; a login to come takes the mask
+        from the config."""
+        mask = "on" if self._subscriptions else "off"
+        manager = self._manager
+        if manager.config["events"] == mask:
+            return
+        manager.config["events"] = mask
+        if self._closed or not self.ready:
+            return  # the (re)login in flight checks the mask once it is in
+        self._send_event_mask(mask)
+
+    def _send_event_mask(self, mask: str) -> None:
+        future = self._manager.send_action({"Action": "Events", "EventMask": mask})
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.warning("AMI Events %s failed: %s", mask, f.exception())
+            elif f.result().response not in _SUCCESS:
+                log.warning("AMI Events %s refused: %s", mask, f.result().message)
+
+        future.add_done_callback(done)
 
     def _dispatch(self, _manager: Manager, event: Message) -> None:
         # Runs inside panoramisk's reader: only hand the event over, never wait.
@@ -395,6 +433,10 @@ class AmiClient:
         first = self._first_login
         if authenticated:
             self.logins += 1
+            manager = self._manager
+            if manager.login_events != manager.config["events"]:
+                # Subscribed (or not any more) while the Login was in flight.
+                self._send_event_mask(manager.config["events"])
             self._ready.set()
             log.info(
                 "AMI logged in as %s at %s:%d",

@@ -138,6 +138,27 @@ async def test_originate_and_its_events(ami: AmiClient) -> None:
     assert cdr.lastapplication == "Hangup"
 
 
+async def test_no_events_until_subscribed(ami: AmiClient) -> None:
+    """The session logs in with `Events: off`: an unsubscribed client is sent
+    no events; a subscription turns them on before the next action."""
+    raw: list[str] = []
+    ami._manager.register_event("UserEvent", lambda _m, event: raw.append(event.userevent))
+    await ami.action({"Action": "UserEvent", "UserEvent": "unseen"})
+    seen = asyncio.Event()
+
+    async def on_user_event(event: Message) -> None:
+        if event.userevent == "seen":
+            seen.set()
+
+    subscription = ami.subscribe("UserEvent", on_user_event)
+    await ami.action({"Action": "UserEvent", "UserEvent": "seen"})
+    async with asyncio.timeout(5):
+        await seen.wait()
+    subscription.cancel()
+    # Events reach a session in order: "unseen" would have come first.
+    assert raw == ["seen"]
+
+
 async def test_wrong_password_is_a_typed_error_and_never_logged(
     asterisk: SandboxAsterisk, caplog: pytest.LogCaptureFixture
 ) -> None:
