@@ -29,7 +29,7 @@ from pbx_controller.asterisk.ari import (
     StreamConnected,
     StreamDisconnected,
 )
-from pbx_controller.asterisk.events import AriEventError, adopted_call, translate
+from pbx_controller.asterisk.events import TRANSLATED, AriEventError, adopted_call, translate
 from pbx_controller.asterisk.executor import AgentLogSink, CdrSink, Executor, RecordingSink
 from pbx_controller.config import Settings
 from pbx_controller.core import actions as a
@@ -295,6 +295,7 @@ class Controller:
         (it cannot be resumed safely yet, and must not sit in silence)."""
         if reconnect:
             self.reconnects += 1
+        await self._filter_events()
         known = set(self.engine.channel_ids())
         try:
             for channel_id in list(known):
@@ -318,6 +319,19 @@ class Controller:
                 )
         except AriError as exc:
             log.error("resync after connect failed: %s", exc)
+
+    async def _filter_events(self) -> None:
+        """Ask Asterisk for the event types the core reads, nothing else
+        (a third of them): less JSON for Asterisk to build and for us to
+        parse. Without it (an error), everything still works."""
+        try:
+            await self.ari.request(
+                "PUT",
+                f"/applications/{self.ari.app}/eventFilter",
+                body={"allowed": [{"type": kind} for kind in sorted(TRANSLATED)]},
+            )
+        except AriError as exc:
+            log.warning("ARI event filter not set (all events will come): %s", exc)
 
     def _release_orphans(self, candidates: _OrphanCandidates) -> None:
         for channel in candidates.channels:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from panoramisk.message import Message
 
+from pbx_controller.asterisk.events import TRANSLATED
 from pbx_controller.core.model import Directory, Tenant
 from pbx_controller.sandbox.asterisk import controller_settings
 from pbx_controller.service import Controller, LoggingCdrSink
@@ -55,3 +56,11 @@ async def test_controller_answers_did_lookup_and_agent_codes(asterisk) -> None:
     # A known DID names its tenant, an unknown one is empty; a Local channel
     # is no agent phone, so the feature code is refused by the adapter.
     assert values == ["PBX_RESULT=NO_ENDPOINT", "PBX_TENANT=", "PBX_TENANT=acme"]
+
+
+async def test_the_app_asks_asterisk_only_for_the_events_it_reads(asterisk) -> None:
+    directory = Directory.build([Tenant("acme", "Acme")], [("7001", "acme")])
+    async with Controller(controller_settings(asterisk), directory, LoggingCdrSink()) as c:
+        app = await c.ari.request("GET", f"/applications/{c.ari.app}")
+    allowed = {entry["type"] for entry in app["events_allowed"]}
+    assert allowed == set(TRANSLATED)
