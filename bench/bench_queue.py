@@ -13,7 +13,8 @@ under test. Agents are 50 Local channels `Local/<n>@pbx-bench-agent`
 under an absolute timeout and hang up: the agent side ends each call.
 
 - app_queue: callers run [pbx-bench-queue] (the prelude of [pbx-inbound],
-  then `Queue(bench)`, unanswered until bridged); the `bench` queue of
+  answered, the controller's 20 ms greeting, then `Queue(bench)` with hold
+  music: served as the controller serves them); the `bench` queue of
   queues.conf (leastrecent, ringinuse=no, wrapuptime=0, 15 s ring) gets the
   agents as dynamic members (AMI QueueAdd) for its phase only.
 - pbx-controller: callers run [pbx-inbound] with the bench DID. The
@@ -71,9 +72,7 @@ Environment: BENCH_CALLS (300), BENCH_RATE (25), BENCH_TALK_S (1.0),
 BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capacity
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only: BENCH_STORE=memory
-(no database writes in the controller), PBX_AMI__ENABLED=false (no AMI part),
-BENCH_ARI_FILTER=1 (an ARI event filter: only the event types the controller
-reads).
+(no database writes in the controller), PBX_AMI__ENABLED=false (no AMI part).
 """
 
 from __future__ import annotations
@@ -440,14 +439,6 @@ async def controller_child() -> None:
     controller = Controller(settings, directory, sink, agent_log=agent_log)
     probe = Probe(controller)
     await controller.start()
-    if os.environ.get("BENCH_ARI_FILTER") == "1":  # diagnostics: only the events translate() reads
-        kinds = ["StasisStart", "StasisEnd", "PlaybackFinished", "ChannelHangupRequest"]
-        kinds += ["ChannelDestroyed", "ChannelDtmfReceived"]
-        await controller.ari.request(
-            "PUT",
-            f"/applications/{settings.ari.app}/eventFilter",
-            body={"allowed": [{"type": kind} for kind in kinds]},
-        )
     results = {
         agent_id: controller.agent_command(agent_id, "login") for agent_id in directory.agents
     }
@@ -565,6 +556,13 @@ def bench_asterisk_class() -> type:
             sounds.mkdir(exist_ok=True)
             # Signed linear, 8 kHz: 16 bytes a millisecond of silence.
             (sounds / "greeting.sln").write_bytes(b"\0" * 16 * GREETING_MS)
+            # app_queue's callers hear the same greeting ([pbx-bench-queue]).
+            extensions = self.host("etc/extensions.conf")
+            text = extensions.read_text()
+            greeting = self.inner("bench/greeting")
+            extensions.write_text(
+                text.replace("[globals]\n", f"[globals]\nBENCH_GREETING = {greeting}\n", 1)
+            )
 
         @property
         def greeting(self) -> str:
@@ -966,7 +964,8 @@ async def main() -> int:
                 f"{TALK_S:g} s talk; capacity: {CAPACITY_CALLS} calls a step at "
                 f"{', '.join(f'{r:g}' for r in CAPACITY_RATES) or '-'} calls/s, "
                 f"{CAPACITY_TALK_S:g} s talk, until p99 >= {P99_LIMIT_MS:g} ms\n"
-                "   app_queue: Queue(bench), leastrecent, ringinuse=no, wrapuptime=0\n"
+                "   app_queue: Answer, 20 ms greeting, Queue(bench) with hold music, "
+                "leastrecent, ringinuse=no, wrapuptime=0\n"
                 "   controller: its own process, as pbxctl serve (SQLite, CDR outbox, agent "
                 "state log, FastAGI, AMI); longest idle, no wrap-up, 20 ms greeting\n"
                 "   connect = queue entry -> 2nd channel's BridgeEnter (AMI Timestamp); "
