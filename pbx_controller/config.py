@@ -42,6 +42,9 @@ class AriSettings(_Section):
     heartbeat_s: float = Field(default=5.0, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
+    # REST requests over the event websocket (Asterisk 20.14/21.9/22.4+):
+    # no HTTP request per action; HTTP is used while it is down.
+    rest_over_websocket: bool = True
 
     @field_validator("url")
     @classmethod

@@ -106,6 +106,7 @@ class Controller:
             reconnect_max_s=settings.ari.reconnect_max_s,
             request_timeout_s=settings.ari.request_timeout_s,
             events=self.inbox,
+            rest_over_websocket=settings.ari.rest_over_websocket,
         )
         if recordings is None:
             recordings = RecordingPipeline(
@@ -328,7 +329,11 @@ class Controller:
             await self.ari.request(
                 "PUT",
                 f"/applications/{self.ari.app}/eventFilter",
-                body={"allowed": [{"type": kind} for kind in sorted(TRANSLATED)]},
+                # RESTResponse too: the filter applies to every message of the
+                # websocket, the answers to REST requests sent over it as well.
+                body={
+                    "allowed": [{"type": kind} for kind in [*sorted(TRANSLATED), "RESTResponse"]]
+                },
             )
         except AriError as exc:
             log.warning("ARI event filter not set (all events will come): %s", exc)

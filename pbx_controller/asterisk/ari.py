@@ -13,6 +13,7 @@ behind, so nothing slow may ever run on the reader.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import random
@@ -128,6 +129,7 @@ class AriClient:
         reconnect_max_s: float = 5.0,
         request_timeout_s: float = 5.0,
         events: asyncio.Queue[Any] | None = None,
+        rest_over_websocket: bool = False,
     ) -> None:
         self.base_url = url.rstrip("/")
         self.app = app
@@ -143,6 +145,10 @@ class AriClient:
         self.connected = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._closing = False
+        # REST over the websocket: requests waiting for their RESTResponse.
+        self.rest_over_websocket = rest_over_websocket
+        self._pending: dict[str, asyncio.Future[Json]] = {}
+        self._request_ids = itertools.count(1)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -178,6 +184,9 @@ class AriClient:
         params: Mapping[str, str | int] | None = None,
         body: Json | None = None,
     ) -> Any:
+        ws = self._ws
+        if self.rest_over_websocket and ws is not None and not ws.closed:
+            return await self._request_over_websocket(ws, method, path, params, body)
         query = {k: str(v) for k, v in (params or {}).items()}
         try:
             async with self.session.request(
@@ -195,6 +204,63 @@ class AriClient:
             raise AriUnavailable(
                 f"ARI {method} {path}: {type(exc).__name__}: {exc}", path=path
             ) from exc
+
+    async def _request_over_websocket(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        body: Json | None,
+    ) -> Any:
+        """One RESTRequest frame out, its RESTResponse back through the reader:
+        no HTTP parsing or authentication per request on either side."""
+        request_id = str(next(self._request_ids))
+        message: Json = {
+            "type": "RESTRequest",
+            "request_id": request_id,
+            "method": method,
+            "uri": path.lstrip("/"),
+        }
+        if params:
+            message["query_strings"] = [{"name": k, "value": str(v)} for k, v in params.items()]
+        if body is not None:
+            message["content_type"] = "application/json"
+            message["message_body"] = json.dumps(body)
+        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await ws.send_str(json.dumps(message))
+            async with asyncio.timeout(self._timeout.total):
+                response = await future
+        except TimeoutError:
+            raise AriUnavailable(
+                f"ARI {method} {path}: no answer over the websocket", path=path
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AriUnavailable(
+                f"ARI {method} {path}: {type(exc).__name__}: {exc}", path=path
+            ) from exc
+        finally:
+            self._pending.pop(request_id, None)
+        status = response.get("status_code")
+        text = response.get("message_body") or ""
+        if not isinstance(status, int) or not isinstance(text, str):
+            raise AriUnavailable(f"ARI {method} {path}: malformed RESTResponse", path=path)
+        if status >= 400:
+            raise _error_for(status, path, text)
+        return json.loads(text) if text else None
+
+    def _answered(self, response: Json) -> None:
+        future = self._pending.get(str(response.get("request_id", "")))
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AriUnavailable(f"ARI websocket closed: {reason}"))
+        self._pending.clear()
 
     # asterisk
     async def info(self) -> Json:
@@ -377,6 +443,7 @@ class AriClient:
         attempt = 0
         first = True
         while not self._closing:
+            reason = "connection lost"
             try:
                 async with self.session.ws_connect(
                     self._events_url(),
@@ -394,9 +461,14 @@ class AriClient:
                     async for message in ws:
                         if message.type is aiohttp.WSMsgType.TEXT:
                             try:
-                                self.events.put_nowait(json.loads(message.data))
+                                data = json.loads(message.data)
                             except ValueError:
                                 log.error("ARI sent a frame that is not JSON: %.200r", message.data)
+                                continue
+                            if isinstance(data, dict) and data.get("type") == "RESTResponse":
+                                self._answered(data)
+                            else:
+                                self.events.put_nowait(data)
                         elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                             break
                     reason = f"closed by Asterisk (code {ws.close_code})"
@@ -409,6 +481,7 @@ class AriClient:
             finally:
                 self._ws = None
                 self.connected.clear()
+                self._fail_pending(reason)
             if self._closing:
                 break
             delay = self._backoff(attempt)
