@@ -110,3 +110,46 @@ async def test_event_stream_reconnects_after_server_side_close(
     started = await next_event(ari, "StasisStart", id=channel_id)
     assert started["application"] == ari.app
     await ari.hangup(channel_id)
+
+
+async def test_rest_over_the_websocket(
+    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = asterisk.endpoints
+    client = AriClient(
+        e.ari_url,
+        e.ari_username,
+        e.ari_password,
+        f"t-{uuid.uuid4().hex[:8]}",
+        rest_over_websocket=True,
+    )
+    reader = asyncio.create_task(client.run_events())
+    try:
+        async with asyncio.timeout(10):
+            assert isinstance(await client.events.get(), StreamConnected)
+
+        def no_http(*args: object, **kwargs: object) -> None:
+            raise AssertionError("an HTTP request while the websocket is up")
+
+        monkeypatch.setattr(client.session, "request", no_http)
+        bridge = f"ws-{uuid.uuid4().hex[:8]}"
+        created = await client.create_bridge(bridge)
+        assert created["id"] == bridge
+        assert (await client.get_bridge(bridge))["channels"] == []
+        with pytest.raises(ChannelGone):
+            await client.get_channel("no-such-channel")
+        await client.destroy_bridge(bridge)
+        # The websocket goes: a request waiting for its answer fails at once
+        # (AriUnavailable), it is never left hanging.
+        monkeypatch.setattr(client, "_answered", lambda response: None)  # answers lost
+        waiting = asyncio.create_task(client.request("GET", "/asterisk/info"))
+        await asyncio.sleep(0.2)  # deliberate: the request is out, its answer dropped
+        assert not waiting.done()
+        assert client._ws is not None
+        await client._ws.close()
+        with pytest.raises(AriUnavailable):
+            async with asyncio.timeout(5):
+                await waiting
+    finally:
+        reader.cancel()
+        await client.close()
