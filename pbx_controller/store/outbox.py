@@ -589,7 +589,9 @@ class CdrOutbox:
         write_timeout_s: float = 10.0,
         outage_log_every_s: float = 60.0,
         keep_latencies: bool = False,
-        linger_s: float = 0.1,
+        # Measured at 25 CDRs/s on SQLite: 0.1 s -> 2.9 ms of CPU per CDR,
+        # 1 s -> 1.5 ms (bigger batches share one upsert and one cursor fsync).
+        linger_s: float = 1.0,
     ) -> None:
         if batch_size < 1 or max_segment_bytes < 1:
             raise ValueError("batch_size and max_segment_bytes must be positive")
