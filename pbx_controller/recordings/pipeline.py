@@ -14,12 +14,16 @@ rows are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.core import actions as a
@@ -32,6 +36,7 @@ from pbx_controller.recordings.postprocess import (
     PostprocessResult,
 )
 from pbx_controller.recordings.storage import RecordingStorage
+from pbx_controller.store.outbox import describe_database_error, is_permanent_database_error
 from pbx_controller.store.recordings import (
     ConsentProof,
     NewRecording,
@@ -57,15 +62,24 @@ class RecordingPipeline:
         *,
         postprocessor: Postprocessor | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        retry_for_s: float = 600.0,
     ) -> None:
         self.storage = storage
         self.spool_dir = spool_dir
         self.sessions = sessions
         self.postprocessor = postprocessor or Postprocessor(storage)
         self.clock = clock
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.retry_for_s = retry_for_s
         self.processed: list[tuple[RecordingJob, PostprocessResult]] = []
+        self.retries = 0
 
     async def open(self, action: a.OpenRecording) -> None:
+        # Not retried: a failure here (database down) is made good when the
+        # recording is processed, which adds the row first, idempotently.
         if self.sessions is not None:
             await add_recording(
                 self.sessions,
@@ -102,9 +116,14 @@ class RecordingPipeline:
             wav.duration_ms if wav else 0,
             ", withdrawn" if job.withdrawn else "",
         )
-        if self.sessions is None:
-            return
-        # Idempotent: the row is there unless `open` failed (database down then).
+        if self.sessions is not None:
+            await self._with_retries(job.call_id, lambda: self._store(job, result))
+
+    async def _store(self, job: RecordingJob, result: PostprocessResult) -> None:
+        """The rows for a processed recording. Every step is idempotent, so a
+        retry after a failure part-way repeats the steps that had succeeded."""
+        assert self.sessions is not None
+        # The row is there unless `open` failed (database down then).
         new = self._new(job.call_id, job.tenant_id, job.started_at, job.evidence)
         await add_recording(self.sessions, new)
         now = self.clock()
@@ -113,6 +132,30 @@ class RecordingPipeline:
             await flag_for_erasure(
                 self.sessions, job.tenant_id, new.call_id, now=now, withdrawn=True
             )
+
+    async def _with_retries(self, call_id: str, step: Callable[[], Awaitable[None]]) -> None:
+        """A database that is down only delays the rows: retry with capped,
+        jittered backoff for `retry_for_s`. The files are stored already."""
+        deadline = time.monotonic() + self.retry_for_s
+        attempt = 0
+        while True:
+            try:
+                await step()
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                if is_permanent_database_error(exc) or time.monotonic() >= deadline:
+                    raise
+                delay = min(self.retry_max_s, self.retry_initial_s * 2**attempt)
+                delay = random.uniform(delay / 2, delay)
+                attempt += 1
+                self.retries += 1
+                log.warning(
+                    "call %s: recording rows not stored (%s); retrying in %.1f s",
+                    call_id,
+                    describe_database_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     def _new(
         self, call_id: str, tenant_id: str, started_at: datetime, evidence: ConsentEvidence

@@ -544,7 +544,7 @@ def scan_outbox(directory: Path) -> OutboxSnapshot:
 _PERMANENT_ERRORS: tuple[type[BaseException], ...] = (IntegrityError, DataError)
 
 
-def _is_permanent(exc: BaseException) -> bool:
+def is_permanent_database_error(exc: BaseException) -> bool:
     """The database (or the statement built for it) refuses these very records.
 
     Everything else (connection refused, timeouts, a locked SQLite file, a
@@ -1085,7 +1085,7 @@ class CdrOutbox:
             async with asyncio.timeout(self.write_timeout_s):
                 await self.sink.write_many(_unique(records))
         except Exception as exc:
-            if _is_permanent(exc):
+            if is_permanent_database_error(exc):
                 if len(records) == 1:
                     return [(records[0], self._describe(exc))]
                 refused: list[tuple[CdrRecord, str]] = []
