@@ -296,6 +296,7 @@ class Controller:
         (it cannot be resumed safely yet, and must not sit in silence)."""
         if reconnect:
             self.reconnects += 1
+        await self.ari.check_rest_over_websocket()
         await self._filter_events()
         known = set(self.engine.channel_ids())
         try:

@@ -251,6 +251,23 @@ class AriClient:
             raise _error_for(status, path, text)
         return json.loads(text) if text else None
 
+    async def check_rest_over_websocket(self, timeout_s: float = 1.0) -> bool:
+        """Ask Asterisk something over the websocket once connected. An
+        Asterisk older than 20.14/21.9/22.4 never answers RESTRequest: then
+        REST goes over HTTP for the rest of this connection, rather than
+        every request waiting out its timeout."""
+        ws = self._ws
+        if not self.rest_over_websocket or ws is None or ws.closed:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._request_over_websocket(ws, "GET", "/asterisk/ping", None, None)
+        except (AriError, TimeoutError) as exc:
+            log.warning("ARI REST over the websocket unavailable (%s): using HTTP", exc)
+            self.rest_over_websocket = False
+            return False
+        return True
+
     def _answered(self, response: Json) -> None:
         future = self._pending.get(str(response.get("request_id", "")))
         if future is not None and not future.done():

@@ -153,3 +153,29 @@ async def test_rest_over_the_websocket(
     finally:
         reader.cancel()
         await client.close()
+
+
+async def test_an_asterisk_that_never_answers_over_the_websocket_gets_http(
+    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = asterisk.endpoints
+    client = AriClient(
+        e.ari_url,
+        e.ari_username,
+        e.ari_password,
+        f"t-{uuid.uuid4().hex[:8]}",
+        rest_over_websocket=True,
+    )
+    reader = asyncio.create_task(client.run_events())
+    try:
+        async with asyncio.timeout(10):
+            assert isinstance(await client.events.get(), StreamConnected)
+        assert await client.check_rest_over_websocket() is True
+        # An older Asterisk: RESTRequest frames are never answered.
+        monkeypatch.setattr(client, "_answered", lambda response: None)
+        assert await client.check_rest_over_websocket(timeout_s=0.3) is False
+        assert client.rest_over_websocket is False
+        assert "ping" in await client.ping()  # over HTTP now, at once
+    finally:
+        reader.cancel()
+        await client.close()
