@@ -60,6 +60,17 @@ class _OrphanCandidates:
 Observer = Callable[[e.Event, list[a.Action]], None]
 
 
+# What the engine refuses an agent or ops request with -> the result code;
+# checked in order (several are ValueErrors).
+Refusals = tuple[tuple[type[Exception] | tuple[type[Exception], ...], str], ...]
+AGENT_REFUSALS: Refusals = (
+    (UnknownAgent, "UNKNOWN_AGENT"),
+    ((InvalidTransition, NotAMember), "INVALID_STATE"),
+    (ValueError, "BAD_REQUEST"),
+)
+CALL_REFUSALS: Refusals = ((UnknownCall, "UNKNOWN_CALL"), (NotRecording, "NOT_RECORDING"))
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -245,18 +256,7 @@ class Controller:
             event = e.AgentCommand(agent_id, command, reason)
         except ValueError:
             return "BAD_REQUEST"
-        try:
-            actions = self.engine.handle(event, self.clock())
-        except UnknownAgent:
-            return "UNKNOWN_AGENT"
-        except (InvalidTransition, NotAMember):
-            return "INVALID_STATE"
-        except ValueError:
-            return "BAD_REQUEST"
-        for observer in self.observers:
-            observer(event, actions)
-        self.executor.submit(actions)
-        return "OK"
+        return self._command(event, AGENT_REFUSALS)
 
     def call_command(self, tenant_id: str, call_id: str, command: str) -> str:
         """Stop, pause or resume a live call's recording, now. Returns OK,
@@ -265,12 +265,18 @@ class Controller:
             event = e.CallCommand(tenant_id, call_id, command)
         except ValueError:
             return "BAD_REQUEST"
+        return self._command(event, CALL_REFUSALS)
+
+    def _command(self, event: e.Event, refusals: Refusals) -> str:
+        """A request the engine may refuse: its refusal becomes a result code
+        (the first match in `refusals`), anything else is a bug and raises."""
         try:
             actions = self.engine.handle(event, self.clock())
-        except UnknownCall:
-            return "UNKNOWN_CALL"
-        except NotRecording:
-            return "NOT_RECORDING"
+        except Exception as exc:
+            for kinds, code in refusals:
+                if isinstance(exc, kinds):
+                    return code
+            raise
         for observer in self.observers:
             observer(event, actions)
         self.executor.submit(actions)

@@ -16,13 +16,14 @@ import asyncio
 import itertools
 import json
 import logging
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+
+from pbx_controller.backoff import backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -508,10 +509,8 @@ class AriClient:
             await asyncio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        # Full jitter on a capped exponential: fast first retry (calls are
-        # refused while no websocket is connected), no thundering herd.
-        cap = min(self._reconnect_max, 0.05 * (2**attempt))
-        return random.uniform(cap / 2, cap)
+        # A fast first retry: calls are refused while no websocket is connected.
+        return backoff_s(attempt, 0.05, self._reconnect_max)
 
 
 def _record_params(name: str, fmt: str) -> dict[str, str | int]:

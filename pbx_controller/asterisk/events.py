@@ -7,6 +7,7 @@ else, whatever the JSON (a fuzz test holds it to that).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,24 +16,6 @@ from pbx_controller.core import events as e
 
 class AriEventError(ValueError):
     """An ARI event we need but cannot read."""
-
-
-# Every ARI event type `translate` reads. The controller asks Asterisk for
-# these only (an application event filter), so the list lives here, beside
-# the code that reads them: a type added below is asked for at once.
-TRANSLATED = frozenset(
-    {
-        "StasisStart",
-        "StasisEnd",
-        "PlaybackFinished",
-        "ChannelDtmfReceived",
-        "ChannelHangupRequest",
-        "ChannelDestroyed",
-        "RecordingStarted",
-        "RecordingFinished",
-        "RecordingFailed",
-    }
-)
 
 
 def _str(obj: Any, *path: str) -> str:
@@ -56,48 +39,60 @@ def translate(event: Any) -> e.Event | None:
     if not isinstance(event, dict):
         raise AriEventError(f"event is not an object: {type(event).__name__}")
     kind = event.get("type")
-    if not isinstance(kind, str) or kind not in TRANSLATED:
-        return None
+    reader = _READERS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        return None  # not an event the core needs
     try:
-        if kind == "StasisStart":
-            return _stasis_start(event)
-        if kind == "PlaybackFinished":
-            target = _str(event, "playback", "target_uri")
-            channel_id = target.removeprefix("channel:") if target.startswith("channel:") else ""
-            completed = _opt(event, "playback", "state") == "done"
-            return e.PlaybackFinished(_str(event, "playback", "id"), channel_id, completed)
-        if kind == "ChannelDtmfReceived":
-            duration = event.get("duration_ms", 0)
-            return e.DtmfReceived(
-                _str(event, "channel", "id"),
-                _str(event, "digit"),
-                duration if isinstance(duration, int) else 0,
-            )
-        if kind == "ChannelHangupRequest":
-            cause = event.get("cause", 16)
-            return e.HangupRequested(
-                _str(event, "channel", "id"), cause if isinstance(cause, int) else 16
-            )
-        if kind == "ChannelDestroyed":
-            cause = event.get("cause", 16)
-            return e.ChannelHungUp(
-                _str(event, "channel", "id"),
-                cause if isinstance(cause, int) else 16,
-                _opt(event, "cause_txt"),
-            )
-        if kind == "RecordingStarted":
-            return e.RecordingStarted(_str(event, "recording", "name"))
-        if kind in ("RecordingFinished", "RecordingFailed"):
-            failed = kind == "RecordingFailed" or _opt(event, "recording", "state") == "failed"
-            cause = _opt(event, "recording", "cause")
-            return e.RecordingFinished(_str(event, "recording", "name"), failed, cause)
-        if kind == "StasisEnd":
-            # With subscribeAll=false, StasisEnd is the last event of a
-            # channel: ChannelDestroyed does not reach us once it left.
-            return e.ChannelLeftApp(_str(event, "channel", "id"))
+        return reader(event)
     except ValueError as exc:  # includes AriEventError and core validation
         raise AriEventError(f"{kind}: {exc}") from exc
-    return None
+
+
+def _playback_finished(event: dict[str, Any]) -> e.Event:
+    target = _str(event, "playback", "target_uri")
+    channel_id = target.removeprefix("channel:") if target.startswith("channel:") else ""
+    completed = _opt(event, "playback", "state") == "done"
+    return e.PlaybackFinished(_str(event, "playback", "id"), channel_id, completed)
+
+
+def _dtmf_received(event: dict[str, Any]) -> e.Event:
+    duration = event.get("duration_ms", 0)
+    return e.DtmfReceived(
+        _str(event, "channel", "id"),
+        _str(event, "digit"),
+        duration if isinstance(duration, int) else 0,
+    )
+
+
+def _cause(event: dict[str, Any]) -> int:
+    cause = event.get("cause", 16)
+    return cause if isinstance(cause, int) else 16
+
+
+def _hangup_request(event: dict[str, Any]) -> e.Event:
+    return e.HangupRequested(_str(event, "channel", "id"), _cause(event))
+
+
+def _channel_destroyed(event: dict[str, Any]) -> e.Event:
+    return e.ChannelHungUp(_str(event, "channel", "id"), _cause(event), _opt(event, "cause_txt"))
+
+
+def _stasis_end(event: dict[str, Any]) -> e.Event:
+    # With subscribeAll=false, StasisEnd is the last event of a channel:
+    # ChannelDestroyed does not reach us once it left.
+    return e.ChannelLeftApp(_str(event, "channel", "id"))
+
+
+def _recording_started(event: dict[str, Any]) -> e.Event:
+    return e.RecordingStarted(_str(event, "recording", "name"))
+
+
+def _recording_finished(event: dict[str, Any]) -> e.Event:
+    failed = event.get("type") == "RecordingFailed" or (
+        _opt(event, "recording", "state") == "failed"
+    )
+    cause = _opt(event, "recording", "cause")
+    return e.RecordingFinished(_str(event, "recording", "name"), failed, cause)
 
 
 def _stasis_start(event: dict[str, Any]) -> e.Event | None:
@@ -124,6 +119,23 @@ def _stasis_start(event: dict[str, Any]) -> e.Event | None:
             raise AriEventError("agent StasisStart without call id and agent id")
         return e.AgentLegAnswered(_str(event, "channel", "id"), args[1], args[2])
     return None
+
+
+# ARI event type -> its reader. TRANSLATED, the types the controller asks
+# Asterisk for (an application event filter), is this table's keys: a type
+# read here is asked for, and only those.
+_READERS: dict[str, Callable[[dict[str, Any]], e.Event | None]] = {
+    "StasisStart": _stasis_start,
+    "StasisEnd": _stasis_end,
+    "PlaybackFinished": _playback_finished,
+    "ChannelDtmfReceived": _dtmf_received,
+    "ChannelHangupRequest": _hangup_request,
+    "ChannelDestroyed": _channel_destroyed,
+    "RecordingStarted": _recording_started,
+    "RecordingFinished": _recording_finished,
+    "RecordingFailed": _recording_finished,
+}
+TRANSLATED = frozenset(_READERS)
 
 
 def stasis_role(event: Any) -> str:

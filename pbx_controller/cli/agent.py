@@ -23,13 +23,14 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
 from pbx_controller.config import HttpSettings
 
-__all__ = ["COMMANDS", "api_token", "api_url", "register", "request"]
+__all__ = ["COMMANDS", "api_token", "api_url", "format_table", "register", "request"]
 
 # CLI word -> API command.
 COMMANDS = {
@@ -201,7 +202,12 @@ def render_table(agents: list[dict[str, Any]]) -> str:
                 str(agent.get("call_id") or "-"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return format_table(rows)
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

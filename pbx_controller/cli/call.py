@@ -19,7 +19,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from pbx_controller.cli.agent import api_token, api_url, request
+from pbx_controller.cli.agent import api_token, api_url, format_table, request
 from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
 
@@ -103,7 +103,5 @@ def run_list(args: argparse.Namespace) -> int:
         )
         for c in calls
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(rows))
     return 0

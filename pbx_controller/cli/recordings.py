@@ -23,8 +23,7 @@ Exit status: 0 done; 1 nothing found (show, export), a deleted or corrupt
 recording (export), or files that could not be removed (purge); 2 bad input,
 bad settings or the database unreachable.
 
-The recordings live under `data_dir/recordings` until a `recordings.dir`
-setting exists.
+The recordings live under `recordings.dir` (default `data_dir/recordings`).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
-from pbx_controller.config import Settings
 from pbx_controller.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -57,7 +55,7 @@ if TYPE_CHECKING:
     from pbx_controller.recordings.storage import RecordingStorage
     from pbx_controller.store.recordings import RecordingInfo
 
-__all__ = ["SUBCOMMANDS", "recordings_dir", "register"]
+__all__ = ["SUBCOMMANDS", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +64,6 @@ LOOKUP_TIMEOUT_S = 30.0
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CHUNK = 1 << 20
 NOT_FOUND = 1
-
-
-def recordings_dir(settings: Settings) -> Path:
-    """The recordings base directory (`recordings.dir`, or under data_dir)."""
-    return settings.recordings_dir()
 
 
 # -- arguments -------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def _run(
         level if settings.log_level == "INFO" else settings.log_level, settings.log_format
     )
     url = settings.database.url.get_secret_value()
-    storage = RecordingStorage(recordings_dir(settings))
+    storage = RecordingStorage(settings.recordings_dir())
 
     async def main() -> T:
         try:
@@ -364,7 +357,7 @@ def run_export(args: argparse.Namespace) -> int:
         return _not_found(f"the recording of call {args.call_id} is not finished yet")
     from pbx_controller.recordings.storage import RecordingStorage, UnsafePath
 
-    storage = RecordingStorage(recordings_dir(settings_from(args)))
+    storage = RecordingStorage(settings_from(args).recordings_dir())
     try:
         source = storage.resolve(row.path).absolute
     except UnsafePath as exc:
@@ -409,7 +402,7 @@ def run_purge(args: argparse.Namespace) -> int:
     from pbx_controller.store.models import utcnow
     from pbx_controller.store.recordings import PurgeReport, purge
 
-    base = recordings_dir(settings_from(args))
+    base = settings_from(args).recordings_dir()
     with _purge_lock(base) as locked:
         if not locked:
             print("pbxctl: another `recordings purge` is running; nothing done", file=sys.stderr)

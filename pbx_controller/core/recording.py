@@ -53,11 +53,10 @@ RECORDING_TRANSITIONS: TransitionTable[RecordingState] = TransitionTable(
         (R.PAUSED, "resume"): frozenset({R.RECORDING}),
         (R.RECORDING, "stop"): frozenset({R.STOPPING}),
         (R.PAUSED, "stop"): frozenset({R.STOPPING}),
-        (R.STOPPING, "finished"): frozenset({R.STOPPING, R.DONE}),
-        # A leg can finish on its own (its snoop hung up with the call) before
-        # the engine asked: the stop comes after it.
-        (R.RECORDING, "finished"): frozenset({R.RECORDING}),
-        (R.PAUSED, "finished"): frozenset({R.PAUSED}),
+        # Every leg finished (some may have before the stop: a snoop hangs up
+        # with its call), or Asterisk never said (it restarted).
+        (R.STOPPING, "finished"): frozenset({R.DONE}),
+        (R.STOPPING, "gave_up"): frozenset({R.DONE}),
     },
 )
 
@@ -166,13 +165,10 @@ class LiveRecording:
     def leg_finished(self, name: str) -> bool:
         """Record a finished (or failed) leg; True once the recording is DONE."""
         self.finished.add(name)
-        done = self.state is R.STOPPING and self.finished >= {leg.name for leg in self.legs}
-        target = R.DONE if done else self.state
-        self.state = RECORDING_TRANSITIONS.move(self.state, "finished", target)
-        return done
+        return self.complete_if_finished()
 
     def complete_if_finished(self) -> bool:
-        """After a stop: True (DONE) when every leg had finished already."""
+        """Stopped, and every leg finished: DONE (True)."""
         if self.state is not R.STOPPING or not self.finished >= {leg.name for leg in self.legs}:
             return False
         self.state = RECORDING_TRANSITIONS.move(self.state, "finished", R.DONE)
@@ -180,7 +176,7 @@ class LiveRecording:
 
     def give_up_waiting(self) -> None:
         """Asterisk never reported some legs (it restarted): finish anyway."""
-        self.state = R.DONE
+        self.state = RECORDING_TRANSITIONS.move(self.state, "gave_up", R.DONE)
 
     def job(self) -> RecordingJob:
         withdrawn = self.withdrawn_at_ms is not None

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pbx_controller.backoff import backoff_s
 from pbx_controller.core import actions as a
 from pbx_controller.core.consent import ConsentEvidence
 from pbx_controller.core.recording import RecordingJob
@@ -74,7 +75,8 @@ class RecordingPipeline:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.retry_for_s = retry_for_s
-        self.processed: list[tuple[RecordingJob, PostprocessResult]] = []
+        # The latest results, for tests and the demo (bounded: the service runs for months).
+        self.processed: deque[tuple[RecordingJob, PostprocessResult]] = deque(maxlen=1000)
         self.retries = 0
 
     async def open(self, action: a.OpenRecording) -> None:
@@ -145,8 +147,7 @@ class RecordingPipeline:
             except (SQLAlchemyError, OSError) as exc:
                 if is_permanent_database_error(exc) or time.monotonic() >= deadline:
                     raise
-                delay = min(self.retry_max_s, self.retry_initial_s * 2**attempt)
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
                 attempt += 1
                 self.retries += 1
                 log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import math
 import shutil
 import socket
@@ -34,12 +35,15 @@ def write_tone(path: Path, hz: int, seconds: float = 60.0, level: float = 0.3) -
     `rtp_stream` sends as payload type 0 (PCMU). The test's stand-in for a
     voice: each party gets its own frequency, so a recording's channels can
     be told apart."""
-    samples = int(seconds * 8000)
-    amplitude = level * 32767
-    path.write_bytes(
-        bytes(_ulaw(int(amplitude * math.sin(2 * math.pi * hz * n / 8000))) for n in range(samples))
-    )
+    path.write_bytes(_tone(hz, seconds, level))
     return path
+
+
+@functools.cache
+def _tone(hz: int, seconds: float, level: float) -> bytes:
+    amplitude = level * 32767
+    samples = range(int(seconds * 8000))
+    return bytes(_ulaw(int(amplitude * math.sin(2 * math.pi * hz * n / 8000))) for n in samples)
 
 
 def _ulaw(sample: int) -> int:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pbx_controller.backoff import backoff_s
 from pbx_controller.core.agent import AgentStateRecord
 from pbx_controller.store import models as m
 
@@ -108,7 +108,7 @@ class DatabaseAgentLog:
                     break
                 except Exception as exc:  # the database is down: keep them, retry
                     failures += 1
-                    delay = min(5.0, 0.25 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+                    delay = backoff_s(failures, 0.25, 5.0)
                     log.warning(
                         "agent state log not written (%s); retrying in %.1fs",
                         type(exc).__name__,

@@ -67,7 +67,6 @@ import fcntl
 import json
 import logging
 import os
-import random
 import re
 import time
 import types
@@ -84,6 +83,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, StatementError
 
+from pbx_controller.backoff import backoff_s
 from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.store.db import redact_url
 
@@ -1102,9 +1102,7 @@ class CdrOutbox:
         return []
 
     def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter (half to full of the step)."""
-        step = min(self.retry_max_s, self.retry_initial_s * 2.0 ** min(attempt - 1, 30))
-        return step * random.uniform(0.5, 1.0)
+        return backoff_s(attempt - 1, self.retry_initial_s, self.retry_max_s)
 
     def _database_down(self, exc: BaseException, delay: float) -> None:
         now = time.monotonic()

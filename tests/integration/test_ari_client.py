@@ -23,17 +23,38 @@ from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
 pytestmark = pytest.mark.asterisk
 
 
-@pytest.fixture
-async def ari(asterisk: SandboxAsterisk) -> AsyncIterator[AriClient]:
+async def connected(
+    asterisk: SandboxAsterisk, *, rest_over_websocket: bool = False
+) -> AsyncIterator[AriClient]:
     e = asterisk.endpoints
     # Its own app name: this test's events never reach another test's client.
-    client = AriClient(e.ari_url, e.ari_username, e.ari_password, f"test-{uuid.uuid4().hex[:8]}")
+    client = AriClient(
+        e.ari_url,
+        e.ari_username,
+        e.ari_password,
+        f"test-{uuid.uuid4().hex[:8]}",
+        rest_over_websocket=rest_over_websocket,
+    )
     reader = asyncio.create_task(client.run_events())
-    async with asyncio.timeout(10):
-        assert isinstance(await client.events.get(), StreamConnected)
-    yield client
-    reader.cancel()
-    await client.close()
+    try:
+        async with asyncio.timeout(10):
+            assert isinstance(await client.events.get(), StreamConnected)
+        yield client
+    finally:
+        reader.cancel()
+        await client.close()
+
+
+@pytest.fixture
+async def ari(asterisk: SandboxAsterisk) -> AsyncIterator[AriClient]:
+    async for client in connected(asterisk):
+        yield client
+
+
+@pytest.fixture
+async def ws_ari(asterisk: SandboxAsterisk) -> AsyncIterator[AriClient]:
+    async for client in connected(asterisk, rest_over_websocket=True):
+        yield client
 
 
 async def next_event(client: AriClient, kind: str, **match: str) -> dict:
@@ -112,70 +133,40 @@ async def test_event_stream_reconnects_after_server_side_close(
     await ari.hangup(channel_id)
 
 
-async def test_rest_over_the_websocket(
-    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    e = asterisk.endpoints
-    client = AriClient(
-        e.ari_url,
-        e.ari_username,
-        e.ari_password,
-        f"t-{uuid.uuid4().hex[:8]}",
-        rest_over_websocket=True,
-    )
-    reader = asyncio.create_task(client.run_events())
-    try:
-        async with asyncio.timeout(10):
-            assert isinstance(await client.events.get(), StreamConnected)
+async def test_rest_over_the_websocket(ws_ari: AriClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = ws_ari  # REST over its websocket
 
-        def no_http(*args: object, **kwargs: object) -> None:
-            raise AssertionError("an HTTP request while the websocket is up")
+    def no_http(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an HTTP request while the websocket is up")
 
-        monkeypatch.setattr(client.session, "request", no_http)
-        bridge = f"ws-{uuid.uuid4().hex[:8]}"
-        created = await client.create_bridge(bridge)
-        assert created["id"] == bridge
-        assert (await client.get_bridge(bridge))["channels"] == []
-        with pytest.raises(ChannelGone):
-            await client.get_channel("no-such-channel")
-        await client.destroy_bridge(bridge)
-        # The websocket goes: a request waiting for its answer fails at once
-        # (AriUnavailable), it is never left hanging.
-        monkeypatch.setattr(client, "_answered", lambda response: None)  # answers lost
-        waiting = asyncio.create_task(client.request("GET", "/asterisk/info"))
-        await asyncio.sleep(0.2)  # deliberate: the request is out, its answer dropped
-        assert not waiting.done()
-        assert client._ws is not None
-        await client._ws.close()
-        with pytest.raises(AriUnavailable):
-            async with asyncio.timeout(5):
-                await waiting
-    finally:
-        reader.cancel()
-        await client.close()
+    monkeypatch.setattr(client.session, "request", no_http)
+    bridge = f"ws-{uuid.uuid4().hex[:8]}"
+    created = await client.create_bridge(bridge)
+    assert created["id"] == bridge
+    assert (await client.get_bridge(bridge))["channels"] == []
+    with pytest.raises(ChannelGone):
+        await client.get_channel("no-such-channel")
+    await client.destroy_bridge(bridge)
+    # The websocket goes: a request waiting for its answer fails at once
+    # (AriUnavailable), it is never left hanging.
+    monkeypatch.setattr(client, "_answered", lambda response: None)  # answers lost
+    waiting = asyncio.create_task(client.request("GET", "/asterisk/info"))
+    await asyncio.sleep(0.2)  # deliberate: the request is out, its answer dropped
+    assert not waiting.done()
+    assert client._ws is not None
+    await client._ws.close()
+    with pytest.raises(AriUnavailable):
+        async with asyncio.timeout(5):
+            await waiting
 
 
 async def test_an_asterisk_that_never_answers_over_the_websocket_gets_http(
-    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
+    ws_ari: AriClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    e = asterisk.endpoints
-    client = AriClient(
-        e.ari_url,
-        e.ari_username,
-        e.ari_password,
-        f"t-{uuid.uuid4().hex[:8]}",
-        rest_over_websocket=True,
-    )
-    reader = asyncio.create_task(client.run_events())
-    try:
-        async with asyncio.timeout(10):
-            assert isinstance(await client.events.get(), StreamConnected)
-        assert await client.check_rest_over_websocket() is True
-        # An older Asterisk: RESTRequest frames are never answered.
-        monkeypatch.setattr(client, "_answered", lambda response: None)
-        assert await client.check_rest_over_websocket(timeout_s=0.3) is False
-        assert client.rest_over_websocket is False
-        assert "ping" in await client.ping()  # over HTTP now, at once
-    finally:
-        reader.cancel()
-        await client.close()
+    client = ws_ari
+    assert await client.check_rest_over_websocket() is True
+    # An older Asterisk: RESTRequest frames are never answered.
+    monkeypatch.setattr(client, "_answered", lambda response: None)
+    assert await client.check_rest_over_websocket(timeout_s=0.3) is False
+    assert client.rest_over_websocket is False
+    assert "ping" in await client.ping()  # over HTTP now, at once

@@ -4,8 +4,6 @@ or AriEventError; never anything else, whatever the JSON."""
 from __future__ import annotations
 
 import copy
-import inspect
-import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,9 +11,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import example, given, settings
 
-from pbx_controller.asterisk import events as ari_events
 from pbx_controller.asterisk.events import (
-    TRANSLATED,
     AriEventError,
     adopted_call,
     stasis_role,
@@ -434,16 +430,3 @@ def test_adopted_call_contract_on_any_creationtime(created: datetime) -> None:
         return
     assert result.arrived_at == created.replace(microsecond=created.microsecond // 1000 * 1000)
     assert result.arrived_at.tzinfo is UTC
-
-
-def test_the_event_filter_names_every_type_translate_reads() -> None:
-    """The controller asks Asterisk for TRANSLATED only: a type translate()
-    reads that is missing there would never arrive."""
-    source = inspect.getsource(ari_events.translate)
-    read = set(re.findall(r'kind == "(\w+)"', source))
-    read |= {
-        k
-        for group in re.findall(r"kind in \(([^)]*)\)", source)
-        for k in re.findall(r'"(\w+)"', group)
-    }
-    assert read == set(TRANSLATED)
