@@ -935,7 +935,7 @@ class CdrOutbox:
         while True:
             self._wakeup.clear()
             try:
-                progressed = await self._drain_step()
+                read = await self._drain_step()
                 failures = 0
             except _RetryLater:
                 # The database failed and the backoff has passed: read the
@@ -947,8 +947,14 @@ class CdrOutbox:
                 log.exception("CDR outbox %s: delivery step failed", self.directory)
                 await asyncio.sleep(self._backoff(failures))
                 continue
-            if not progressed:
+            if read is None:
                 await self._wakeup.wait()
+                await self._linger()
+            elif 0 < read < self.batch_size:
+                # Caught up with what was on disk; what came meanwhile is a
+                # record or two. Let more join them rather than chase them one
+                # upsert each (measured at 25 CDRs/s: 286 batches for 300 CDRs
+                # without this).
                 await self._linger()
 
     async def _linger(self) -> None:
@@ -966,12 +972,14 @@ class CdrOutbox:
         later = [s for s in self._sizes if s >= seq]
         return min(later) if later else None
 
-    async def _drain_step(self) -> bool:
-        """Deliver one batch from the read position; False when there is nothing to do."""
+    async def _drain_step(self) -> int | None:
+        """Deliver one batch from the read position. Returns how many records
+        it read (0: it moved on to the next segment), None when there is
+        nothing to do."""
         seq, offset = self._read_pos
         current = self._next_segment(seq)
         if current is None:
-            return False
+            return None
         if current != seq:
             seq, offset = current, 0
         limit = self._sizes[seq]
@@ -1018,10 +1026,10 @@ class CdrOutbox:
         if result.at_end and sealed:
             next_pos = (seq + 1, 0)
         if next_pos == self._read_pos:
-            return False
+            return None
         self._read_pos = next_pos
         await self._mark_sent(next_pos)
-        return True
+        return len(result.frames)
 
     async def _mark_sent(self, pos: tuple[int, int]) -> None:
         if pos != self._sent_pos:

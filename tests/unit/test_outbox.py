@@ -361,6 +361,36 @@ async def test_concurrent_appends_share_fsyncs_and_keep_call_order(tmp_path: Pat
     assert sink.order == [c.call_id for c in cdrs]
 
 
+class SlowSink(MemorySink):
+    """A database that takes 30 ms per upsert, and remembers each batch's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def write_many(self, cdrs: list[CdrRecord]) -> None:
+        await asyncio.sleep(0.03)
+        self.sizes.append(len(cdrs))
+        await super().write_many(cdrs)
+
+
+async def test_steady_arrivals_are_delivered_in_lingered_batches(tmp_path: Path) -> None:
+    # A CDR every 10 ms, an upsert of 30 ms: a writer that went straight on
+    # after each batch would chase the two or three records that arrived
+    # meanwhile, one upsert each, and never linger again.
+    sink = SlowSink()
+    box = outbox(tmp_path / "outbox", sink, linger_s=0.25)
+    cdrs = [make_cdr(i) for i in range(60)]
+    async with asyncio.timeout(10), box:
+        for cdr in cdrs:
+            await box.write(cdr)
+            await asyncio.sleep(0.01)
+        await box.wait_idle()
+    assert sink.order == [c.call_id for c in cdrs]
+    # About 0.8 s of arrivals in batches lingered 0.25 s each.
+    assert len(sink.sizes) <= 5, sink.sizes
+
+
 async def test_database_down_keeps_records_and_drains_them_in_order(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
