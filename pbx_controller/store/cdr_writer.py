@@ -16,6 +16,11 @@ from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.store import models as m
 from pbx_controller.store.recordings import link_cdrs
 
+CDR = m.Base.metadata.tables[m.Cdr.__tablename__]
+CDR_SEGMENT = m.Base.metadata.tables[m.CdrSegment.__tablename__]
+# The CDR's consent outcomes under which no recording was ever started.
+NEVER_RECORDED = frozenset({"not_asked", "declined"})
+
 
 def cdr_row(cdr: CdrRecord) -> dict[str, object]:
     return {
@@ -68,13 +73,17 @@ class DatabaseCdrSink:
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
             # One statement executed for many rows (compiled once), and the
             # first write wins: a replay of the same call changes nothing.
+            # Core statements on the tables: the ORM's bulk path costs more CPU
+            # than the database does for these plain rows.
             await session.execute(
-                insert(m.Cdr).on_conflict_do_nothing(index_elements=["call_id"]), rows
+                insert(CDR).on_conflict_do_nothing(index_elements=["call_id"]), rows
             )
-            # A recording written before its CDR gets linked now (either order works).
-            await link_cdrs(session, [uuid.UUID(c.call_id) for c in cdrs])
+            # A recording written before its CDR gets linked now (either order
+            # works). A call that was never recorded has nothing to link.
+            maybe_recorded = [uuid.UUID(c.call_id) for c in cdrs if c.consent not in NEVER_RECORDED]
+            await link_cdrs(session, maybe_recorded)
             if segments:
                 await session.execute(
-                    insert(m.CdrSegment).on_conflict_do_nothing(index_elements=["call_id", "seq"]),
+                    insert(CDR_SEGMENT).on_conflict_do_nothing(index_elements=["call_id", "seq"]),
                     segments,
                 )
