@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 from sqlalchemy import insert
@@ -22,8 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pbx_controller.backoff import backoff_s
 from pbx_controller.core.agent import AgentStateRecord
 from pbx_controller.store import models as m
+from pbx_controller.store.outbox import describe_database_error, is_permanent_database_error
 
 log = logging.getLogger(__name__)
+
+# A Core INSERT on the table: the ORM's bulk path costs more CPU than the rows.
+AGENT_STATE_LOG = m.Base.metadata.tables[m.AgentStateLog.__tablename__]
 
 
 def log_row(record: AgentStateRecord) -> m.AgentStateLog:
@@ -66,6 +71,7 @@ class DatabaseAgentLog:
         self._task: asyncio.Task[None] | None = None
         self._enough = asyncio.Event()  # a full batch waits, or close(): stop lingering
         self._closing = False
+        self.refused = 0  # rows the database refused for good (logged, dropped)
 
     async def write(self, record: AgentStateRecord) -> None:
         self._queue.put_nowait(record)
@@ -103,10 +109,13 @@ class DatabaseAgentLog:
             rows = [log_values(r) for r in records]
             while True:
                 try:
-                    async with self.sessions() as session, session.begin():
-                        await session.execute(insert(m.AgentStateLog), rows)
+                    await self._insert(rows)
                     break
-                except Exception as exc:  # the database is down: keep them, retry
+                except Exception as exc:
+                    if is_permanent_database_error(exc):
+                        await self._insert_each(rows)
+                        break
+                    # The database is down: keep them, retry.
                     failures += 1
                     delay = backoff_s(failures, 0.25, 5.0)
                     log.warning(
@@ -118,6 +127,34 @@ class DatabaseAgentLog:
             failures = 0
             for _ in records:
                 self._queue.task_done()
+
+    async def _insert(self, rows: list[dict[str, object]]) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(insert(AGENT_STATE_LOG), rows)
+
+    async def _insert_each(self, rows: list[dict[str, object]]) -> None:
+        """The database refused the batch for good (a constraint: say, an
+        agent deleted from the configuration while logged in). Each row alone,
+        so one bad row never holds back the rest; a refused row is logged
+        whole, for an operator to replay, and dropped. A row that fails only
+        because the database went down meanwhile is retried as usual."""
+        for row in rows:
+            failures = 0
+            while True:
+                try:
+                    await self._insert([row])
+                    break
+                except Exception as exc:
+                    if is_permanent_database_error(exc):
+                        self.refused += 1
+                        log.error(
+                            "agent state change refused by the database (%s), not logged: %s",
+                            describe_database_error(exc),
+                            json.dumps(row, default=str, sort_keys=True),
+                        )
+                        break
+                    failures += 1
+                    await asyncio.sleep(backoff_s(failures, 0.25, 5.0))
 
     async def _linger(self) -> None:
         """Give more rows `linger_s` to join the batch (not when closing or full)."""
