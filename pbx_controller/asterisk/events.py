@@ -113,6 +113,7 @@ def _stasis_start(event: dict[str, Any]) -> e.Event | None:
             did=args[1],
             caller_number=_opt(event, "channel", "caller", "number"),
             caller_name=_opt(event, "channel", "caller", "name"),
+            answered=_opt(event, "channel", "state") == "Up",
         )
     if role == "agent":
         if len(args) < 3 or not all(isinstance(x, str) and x for x in args[1:3]):

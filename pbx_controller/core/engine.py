@@ -162,7 +162,10 @@ class Engine:
             self._move(call, "CallArrived", CallState.ENDING)
             return [a.ContinueInDialplan(call.channel_id, CLOSED_CONTEXT)]
         self._move(call, "CallArrived", CallState.GREETING)
-        return [a.Answer(call.channel_id), self._play(call, tenant.greeting)]
+        # [pbx-inbound] answers in the dialplan (one ARI request less per call);
+        # a channel sent here unanswered by another path is answered now.
+        answer = [] if event.answered else [a.Answer(call.channel_id)]
+        return [*answer, self._play(call, tenant.greeting)]
 
     def _adopted(self, event: e.CallAdopted) -> list[a.Action]:
         if event.call_id in self.calls or event.channel_id in self._by_channel:

@@ -24,6 +24,7 @@ class CallArrived:
     did: str
     caller_number: str = ""
     caller_name: str = ""
+    answered: bool = False  # the dialplan answered it before handing it over
 
     def __post_init__(self) -> None:
         _require(self.call_id, "call_id")

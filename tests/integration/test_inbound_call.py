@@ -50,9 +50,11 @@ async def test_call_is_answered_greeted_and_hung_up(asterisk, controller) -> Non
     uuid.UUID(arrived.call_id)
     cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr)))[0].cdr
 
-    answered = watcher.actions(a.Answer)
+    # [pbx-inbound] answered it before Stasis: Asterisk says so, and the
+    # controller does not answer again.
+    assert arrived.answered
+    assert not watcher.actions(a.Answer)
     played = watcher.actions(a.Play)
-    assert [x.channel_id for x in answered] == [arrived.channel_id]
     assert played[0].media == ("sound:beep",)
     finished = watcher.events(e.PlaybackFinished)
     assert [f.playback_id for f in finished] == [played[0].playback_id]

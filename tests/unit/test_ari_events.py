@@ -87,6 +87,14 @@ def test_stasis_start_inbound_is_a_call_arrival() -> None:
     assert stasis_role(event) == "inbound"
 
 
+@pytest.mark.parametrize(("state", "answered"), [("Up", True), ("Ring", False), ("Ringing", False)])
+def test_stasis_start_says_whether_the_dialplan_answered(state: str, answered: bool) -> None:
+    event = ari("StasisStart", args=["inbound", "1001"], channel=channel(state=state))
+    result = translate(event)
+    assert isinstance(result, e.CallArrived)
+    assert result.answered is answered
+
+
 @pytest.mark.parametrize(
     "channelvars",
     [

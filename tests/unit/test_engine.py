@@ -60,6 +60,12 @@ def test_known_did_is_answered_and_greeted_with_the_tenant_greeting(engine: Engi
     assert engine.playback_ids() == ["call-1-pb1"]
 
 
+def test_a_call_the_dialplan_answered_is_not_answered_again(engine: Engine) -> None:
+    event = e.CallArrived("call-1", "chan-1", KNOWN_DID, answered=True)
+    assert engine.handle(event, at(0)) == [a.Play("chan-1", "call-1-pb1", GREETING)]
+    assert engine.calls["call-1"].state is CallState.GREETING
+
+
 def test_playback_ids_are_derived_from_the_call_id(engine: Engine) -> None:
     # Deterministic: the same call id gives the same playback id in another engine.
     first = arrive(engine, n=7)
