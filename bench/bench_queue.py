@@ -2,7 +2,7 @@
 sandbox Asterisk, under the same call load.
 
 `make bench` runs it; `python bench/run.py queue` runs it alone. About
-1.5-2 minutes on 2 cores. It prints a table and ends with one JSON line.
+3-4 minutes on 2 cores. It prints a table and ends with one JSON line.
 
 The load, the same for both sides: a scheduled generator (call n leaves at
 n / rate, however long earlier requests took) originates Local-channel
@@ -56,6 +56,13 @@ controller process for pbx-controller. This script's own CPU (generator,
 AMI observer) and the rest of the machine (other processes share the
 cores) are shown apart.
 
+Rounds: the main run is repeated BENCH_ROUNDS times (3), app_queue and the
+controller in turn, and each side reports the median round's CPU with the
+latencies of all its rounds pooled. On this shared 2-core machine two
+identical runs back to back differed by a quarter (1.26 and 1.57 s per 100
+calls): one run per side compared noise as much as the two designs. Each
+round's figures are printed, and listed in the JSON line.
+
 Offered rate: measured, (entries - 1) / (last - first queue entry), not the
 nominal rate. Lost: a call not bridged to an agent (for the controller, also
 one without exactly one CDR saying `answered`).
@@ -68,10 +75,12 @@ both sides fall behind by whole seconds, and what they leave would spoil
 the next step. The agents bound it too: 50 agents talking 0.3 s serve at
 most ~166 calls/s, so the default steps stop at 140.
 
-Environment: BENCH_CALLS (300), BENCH_RATE (25), BENCH_TALK_S (1.0),
+Environment: BENCH_CALLS (300), BENCH_ROUNDS (3), BENCH_RATE (25), BENCH_TALK_S (1.0),
 BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capacity
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
-keeps the controller's log and database. Diagnostics only: BENCH_STORE=memory
+keeps the controller's log and database. Diagnostics only:
+BENCH_CPROFILE=PATH (the controller process under cProfile, its stats in
+PATH.<pid>), BENCH_STORE=memory
 (no database writes in the controller), PBX_AMI__ENABLED=false (no AMI part).
 """
 
@@ -95,6 +104,7 @@ from typing import Any
 import aiohttp
 
 CALLS = int(os.environ.get("BENCH_CALLS", "300"))
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 RATE = float(os.environ.get("BENCH_RATE", "25"))
 TALK_S = float(os.environ.get("BENCH_TALK_S", "1.0"))
 AGENTS = int(os.environ.get("BENCH_AGENTS", "50"))
@@ -181,6 +191,14 @@ class Cpu:
             self.machine - other.machine,
         )
 
+    def scaled(self, factor: float) -> Cpu:
+        return Cpu(
+            self.asterisk * factor,
+            self.controller * factor,
+            self.bench * factor,
+            self.machine * factor,
+        )
+
 
 @dataclass
 class Run:
@@ -223,6 +241,42 @@ class Run:
     def total_cpu_per_100(self) -> float:
         assert self.cpu is not None
         return self.per_100(self.cpu.asterisk + self.cpu.controller)
+
+
+def merged(runs: list[Run]) -> Run:
+    """One side's rounds as one run: every call's latency pooled, losses
+    summed, and the CPU of the median round (by total CPU per call)."""
+    first = runs[0]
+    out = Run(
+        first.side,
+        "median" if len(runs) > 1 else first.label,
+        sum(r.calls for r in runs),
+        first.nominal_rate,
+        first.talk_s,
+    )
+    out.sent = sum(r.sent for r in runs)
+    out.offered_rate = statistics.median(r.offered_rate for r in runs)
+    out.sent_rate = statistics.median(r.sent_rate for r in runs)
+    for r in runs:
+        out.connects_ms += r.connects_ms
+        out.own_view_ms += r.own_view_ms
+        out.talk_ms += r.talk_ms
+        out.lost += r.lost
+        out.failed_originates += r.failed_originates
+        out.cdr_problems += r.cdr_problems
+        out.seconds += r.seconds
+        out.timed_out |= r.timed_out
+        out.aborted |= r.aborted
+        for key, values in r.breakdown.items():
+            out.breakdown.setdefault(key, []).extend(values)
+    if all(r.traffic for r in runs):
+        out.traffic = [
+            statistics.median(values) for values in zip(*(r.traffic for r in runs), strict=True)
+        ]
+    middle = sorted(runs, key=lambda r: r.total_cpu_per_100)[(len(runs) - 1) // 2]
+    assert middle.cpu is not None
+    out.cpu = middle.cpu.scaled(out.sent / (middle.sent or middle.calls))
+    return out
 
 
 # -- the controller process -------------------------------------------------------------
@@ -406,7 +460,7 @@ async def controller_child() -> None:
     from pbx_controller import configfile
     from pbx_controller.config import load_settings
     from pbx_controller.logs import setup_logging
-    from pbx_controller.service import Controller
+    from pbx_controller.service import Controller, freeze_startup_heap
     from pbx_controller.store.agent_log import DatabaseAgentLog
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
     from pbx_controller.store.config_store import apply_config
@@ -447,6 +501,7 @@ async def controller_child() -> None:
     def answer(message: dict[str, Any]) -> None:
         protocol.write(json.dumps(message) + "\n")
 
+    freeze_startup_heap()  # as pbxctl serve does once started
     answer({"ready": not bad, "agents": len(results), "refused": bad})
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -980,8 +1035,15 @@ async def main() -> int:
             # the controller process only while it runs (its AMI session alone
             # costs Asterisk CPU). The main runs first, so that neither sees
             # what a capacity step past the knee leaves behind.
-            aq_main = await bench.phase(APPQUEUE, main=True)
-            pc_main = await bench.phase(CONTROLLER, main=True)
+            aq_runs: list[Run] = []
+            pc_runs: list[Run] = []
+            for _ in range(ROUNDS):  # alternating: see "Rounds" above
+                aq_runs.append(await bench.phase(APPQUEUE, main=True))
+                pc_runs.append(await bench.phase(CONTROLLER, main=True))
+            aq_main, pc_main = merged(aq_runs), merged(pc_runs)
+            if ROUNDS > 1:
+                print(run_row(aq_main), flush=True)
+                print(run_row(pc_main), flush=True)
             aq_capacity = await bench.phase(APPQUEUE, main=False)
             pc_capacity = await bench.phase(CONTROLLER, main=False)
             ok = True
@@ -997,11 +1059,18 @@ async def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    report(aq_main, aq_capacity, pc_main, pc_capacity)
+    report(aq_main, aq_capacity, pc_main, pc_capacity, aq_runs, pc_runs)
     return 1 if pc_main.lost else 0
 
 
-def report(aq_main: Run, aq_capacity: list[Run], pc_main: Run, pc_capacity: list[Run]) -> None:
+def report(
+    aq_main: Run,
+    aq_capacity: list[Run],
+    pc_main: Run,
+    pc_capacity: list[Run],
+    aq_runs: list[Run],
+    pc_runs: list[Run],
+) -> None:
     assert aq_main.cpu is not None
     assert pc_main.cpu is not None
     print("\n== controller connect, step by step (main run; ms, Asterisk stamps to 1 ms)")
@@ -1074,6 +1143,7 @@ def report(aq_main: Run, aq_capacity: list[Run], pc_main: Run, pc_capacity: list
     result = {
         "bench": "queue",
         "calls": pc_main.calls,
+        "rounds": len(pc_runs),
         "offered_calls_per_s": round(pc_main.offered_rate, 1),
         "appqueue_offered_calls_per_s": round(aq_main.offered_rate, 1),
         "connect_p50_ms": pc_main.p50,
@@ -1084,6 +1154,8 @@ def report(aq_main: Run, aq_capacity: list[Run], pc_main: Run, pc_capacity: list
         "asterisk_cpu_per_100_calls_s": pc_main.per_100(pc_main.cpu.asterisk),
         "controller_cpu_per_100_calls_s": pc_main.per_100(pc_main.cpu.controller),
         "appqueue_cpu_per_100_calls_s": app_cpu,
+        "cpu_per_100_calls_s_rounds": [r.total_cpu_per_100 for r in pc_runs],
+        "appqueue_cpu_per_100_calls_s_rounds": [r.total_cpu_per_100 for r in aq_runs],
         "lost_calls": pc_main.lost,
         "appqueue_lost_calls": aq_main.lost,
         "other_processes_cpu_per_100_calls_s": pc_main.per_100(pc_main.cpu.other),
@@ -1108,6 +1180,17 @@ def report(aq_main: Run, aq_capacity: list[Run], pc_main: Run, pc_capacity: list
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--controller"]:
-        asyncio.run(controller_child())
+        if os.environ.get("BENCH_CPROFILE"):
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                asyncio.run(controller_child())
+            finally:
+                prof.disable()
+                prof.dump_stats(f"{os.environ['BENCH_CPROFILE']}.{os.getpid()}")
+        else:
+            asyncio.run(controller_child())
     else:
         sys.exit(asyncio.run(main()))
