@@ -142,6 +142,8 @@ class Call:
     timers: int = 0
     announcing: bool = False
     announcement: str | None = None  # the playback id of the current announcement
+    hold_music: str | None = None  # the class playing to the caller; None: no music
+    hold_timer: str | None = None  # the hold music waits for it (HOLD_MUSIC_GRACE_MS)
     # Open offers: agent id -> (its leg's channel id, when it started ringing).
     ringing: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     segments: list[CdrSegment] = field(default_factory=list)

@@ -40,6 +40,11 @@ AGENT_ROLE = "agent"
 # How long a stopped recording waits for Asterisk to report its legs
 # finished before it is processed with what there is (Asterisk restarted).
 RECORDING_WAIT_MS = 30_000
+# A caller offered to an agent at once hears hold music only if the agent
+# takes longer than this to answer: an auto-answer headset answers within it
+# (no blip of music), a ringing phone does not (music while it rings). A
+# pause of this length after the greeting is not heard as dead air.
+HOLD_MUSIC_GRACE_MS = 300
 # In-call feature codes an agent keys on the phone: *7 pause the recording
 # (card data), *8 resume it, *9 stop it for good (the caller withdrew).
 AGENT_CALL_CODES = {"7": "pause_recording", "8": "resume_recording", "9": "stop_recording"}
@@ -207,7 +212,7 @@ class Engine:
         if call.announcing and call.state in (CallState.QUEUED, CallState.OFFERING):
             call.announcing = False
             self._move(call, "PlaybackFinished", call.state)
-            return [a.StartMoh(call.channel_id, self._queue(call).announcements.hold_music)]
+            return self._music_on(call)
         return self._move(call, "PlaybackFinished", call.state)
 
     def _hangup_requested(self, call: Call, now: datetime) -> list[a.Action]:
@@ -243,7 +248,7 @@ class Engine:
             self._move(call, "ActionFailed", call.state)
             if call.announcing and event.action == "Play":
                 call.announcing = False
-                return [a.StartMoh(call.channel_id, self._queue(call).announcements.hold_music)]
+                return self._music_on(call)
             call.announcing = False
             return []
         was_connected = call.state is CallState.CONNECTED
@@ -279,6 +284,11 @@ class Engine:
         if kind == "relax" and call.state is CallState.QUEUED:
             self._move(call, "TimerFired", call.state)
             return self._route(now)
+        if kind == "hold" and event.timer_id == call.hold_timer:
+            # The agent did not answer within the grace: music while it rings.
+            call.hold_timer = None
+            self._move(call, "TimerFired", call.state)
+            return [] if call.announcing else self._music_on(call)
         if (
             kind == "consent"
             and call.state is CallState.CONSENT
@@ -342,7 +352,7 @@ class Engine:
         self.waiting[call.call_id] = WaitingCall(
             call.call_id, queue.id, now, call.priority, call.seq
         )
-        actions: list[a.Action] = [a.StartMoh(call.channel_id, queue.announcements.hold_music)]
+        actions: list[a.Action] = []
         if queue.max_wait_ms is not None:
             actions.append(self._queue_timer(call, "maxwait", queue.max_wait_ms))
         # Requirements relax with the wait: look again at each relaxation point.
@@ -350,7 +360,33 @@ class Engine:
             actions.append(self._queue_timer(call, "relax", after_ms))
         if queue.announcements.position or queue.announcements.estimated_wait:
             actions.append(self._queue_timer(call, "announce", queue.announcements.first_after_ms))
-        return actions + self._route(now)
+        actions += self._route(now)
+        if call.state is CallState.OFFERING and call.hold_music is None:
+            # An agent rings already: hold music only if they take longer than
+            # the grace. An auto-answer headset picks up well within it, and
+            # the caller hears no blip of music before the agent.
+            call.hold_timer = call.timer_id("hold")  # cancelled with the offer's end
+            return [*actions, a.StartTimer(call.hold_timer, HOLD_MUSIC_GRACE_MS)]
+        return [*self._music_on(call), *actions]
+
+    def _music_on(self, call: Call) -> list[a.Action]:
+        """Hold music for a waiting caller, in its queue's class (once)."""
+        music = self._queue(call).announcements.hold_music
+        if call.hold_music == music:
+            return []
+        call.hold_music = music
+        return [a.StartMoh(call.channel_id, music)]
+
+    def _music_off(self, call: Call) -> list[a.Action]:
+        """No more hold music, nor music still to come."""
+        actions: list[a.Action] = []
+        if call.hold_timer is not None:
+            actions.append(a.CancelTimer(call.hold_timer))
+            call.hold_timer = None
+        if call.hold_music is not None:
+            call.hold_music = None
+            actions.append(a.StopMoh(call.channel_id))
+        return actions
 
     @staticmethod
     def _queue_timer(call: Call, kind: str, delay_ms: int) -> a.StartTimer:
@@ -436,7 +472,7 @@ class Engine:
         context = rule.dialplan_context if rule and rule.dialplan_context else OVERFLOW_CONTEXT
         return [
             *actions,
-            a.StopMoh(call.channel_id),
+            *self._music_off(call),
             a.ContinueInDialplan(call.channel_id, context),
         ]
 
@@ -465,13 +501,16 @@ class Engine:
             call.announcing = True
             play = self._play(call, tuple(media))
             call.announcement = play.playback_id
-            actions += [a.StopMoh(call.channel_id), play]
+            actions += [*self._music_off(call), play]
         return actions
 
     def _leave_queue(self, call: Call, now: datetime) -> list[a.Action]:
         """The caller is gone or handed back: drop its place and its offers."""
         self.waiting.pop(call.call_id, None)
         actions: list[a.Action] = self._cancel_ring_timer(call)
+        if call.hold_timer is not None:
+            actions.append(a.CancelTimer(call.hold_timer))
+            call.hold_timer = None
         if call.consent_timer is not None:
             actions.append(a.CancelTimer(call.consent_timer))
             call.consent_timer = None
@@ -555,7 +594,7 @@ class Engine:
         return [
             *actions,
             *self._cancel_ring_timer(call),
-            a.StopMoh(call.channel_id),
+            *self._music_off(call),
             a.Bridge(call.bridge_id, (call.channel_id, event.channel_id)),
             *self._start_recording(call, event.agent_id, event.channel_id, now),
         ]

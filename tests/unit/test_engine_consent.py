@@ -146,7 +146,7 @@ def test_notify_staying_on_the_line_records_the_call_in_stereo_legs() -> None:
     assert line.consent is ConsentState.ANNOUNCED
     queued = line.prompt_over(8)
     assert line.consent is ConsentState.GRANTED
-    assert of(a.StartMoh, queued)
+    assert of(a.Originate, queued)  # queued, and its agent rings
     assert of(a.Originate, queued)
     answered = line.answer(10)
     (opened,) = of(a.OpenRecording, answered)
@@ -196,7 +196,7 @@ def test_notify_opt_out_digit_during_the_prompt_declines_and_still_queues() -> N
     assert line.consent is ConsentState.DECLINED
     assert line.state is CallState.CONSENT
     queued = line.prompt_over(5.1, completed=False)
-    assert of(a.StartMoh, queued)
+    assert of(a.Originate, queued)  # queued, and its agent rings
     assert line.state is CallState.OFFERING
     answered = line.answer(7)
     assert of(a.Bridge, answered)
@@ -225,7 +225,7 @@ def test_opt_in_timeout_declines_with_full_service() -> None:
     assert line.state is CallState.CONSENT
     queued = line.feed(e.TimerFired(timer.timer_id), 11)
     assert line.consent is ConsentState.DECLINED
-    assert of(a.StartMoh, queued)
+    assert of(a.Originate, queued)  # queued, and its agent rings
     assert of(a.Originate, queued)
     assert not of(a.RecordLeg, line.answer(12))
     line.hang_up(40)
@@ -238,7 +238,7 @@ def test_opt_in_agree_digit_after_the_prompt_records() -> None:
     (timer,) = of(a.StartTimer, line.prompt_over(6))
     agreed = line.digit("1", 7)
     assert a.CancelTimer(timer.timer_id) in agreed
-    assert of(a.StartMoh, agreed)
+    assert of(a.Originate, agreed)  # queued, and its agent rings
     assert line.consent is ConsentState.GRANTED
     assert len(of(a.RecordLeg, line.answer(9))) == 2
     recording = line.engine.recordings[CALL]
@@ -269,7 +269,7 @@ def test_an_agent_without_consent_means_no_recording() -> None:
 def test_policy_off_never_asks_and_never_records() -> None:
     line = Line(ConsentPolicy.OFF)
     queued = line.greeting_over(3)
-    assert of(a.StartMoh, queued)
+    assert of(a.Originate, queued)  # queued, and its agent rings
     assert not of(a.Play, queued)
     assert not of(a.RecordLeg, line.answer(5))
     line.hang_up(9)

@@ -19,7 +19,12 @@ from pbx_controller.core import events as e
 from pbx_controller.core.agent import AgentState, AgentStateRecord
 from pbx_controller.core.call_flow import CallState
 from pbx_controller.core.cdr import CdrRecord, CdrSegment, Disposition, HangupSide
-from pbx_controller.core.engine import CLOSED_CONTEXT, OVERFLOW_CONTEXT, Engine
+from pbx_controller.core.engine import (
+    CLOSED_CONTEXT,
+    HOLD_MUSIC_GRACE_MS,
+    OVERFLOW_CONTEXT,
+    Engine,
+)
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -186,7 +191,6 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
     ]
     ann = desk.engine.board.status("ann")
     assert desk.feed(e.PlaybackFinished("call-1-pb1", "chan-1"), 3) == [
-        a.StartMoh("chan-1", "default"),
         a.StartTimer("call-1/maxwait/1", 120_000),
         a.RecordAgentState(
             AgentStateRecord(
@@ -205,9 +209,13 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
             "call-1-leg1", "PJSIP/ann", "agent,call-1,ann", caller_id=CALLER, timeout_ms=17_000
         ),
         a.StartTimer("call-1/ring/2", 15_000),
+        # Ann rings at once: hold music only if she takes longer than the grace.
+        a.StartTimer("call-1/hold/3", HOLD_MUSIC_GRACE_MS),
     ]
     assert ann.state is S.READY
     assert desk.call_state(1) is CallState.OFFERING
+    # Past the grace, ringing still: hold music while she picks up.
+    assert desk.feed(e.TimerFired("call-1/hold/3"), 3.3) == [a.StartMoh("chan-1", "default")]
 
     answered = desk.answer(1, leg=1, agent_id="ann", when=8)
     assert answered[1:] == [
@@ -217,6 +225,27 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
     ]
     assert moves(answered) == [("ann", S.RESERVED, S.ON_CALL, "OfferAnswered")]
     assert desk.call_state(1) is CallState.CONNECTED
+
+
+def test_an_agent_who_answers_within_the_grace_is_bridged_with_no_music_at_all() -> None:
+    desk = Desk([sales()], [agent("ann", "sales")])
+    desk.login("ann")
+    desk.arrive(1, when=1)
+    queued = desk.feed(e.PlaybackFinished("call-1-pb1", "chan-1"), 3)
+    assert not only(queued, a.StartMoh)
+    (hold,) = [t for t in only(queued, a.StartTimer) if "/hold/" in t.timer_id]
+    answered = desk.answer(1, leg=1, agent_id="ann", when=3.1)  # an auto-answer headset
+    assert not only(answered, a.StopMoh)
+    assert a.CancelTimer(hold.timer_id) in answered
+    assert only(answered, a.Bridge) == [a.Bridge("call-1-bridge", ("chan-1", "call-1-leg1"))]
+
+
+def test_a_caller_with_no_agent_free_gets_hold_music_at_once() -> None:
+    desk = Desk([sales()], [agent("ann", "sales")])  # ann is not logged in
+    desk.arrive(1, when=1)
+    queued = desk.feed(e.PlaybackFinished("call-1-pb1", "chan-1"), 3)
+    assert queued[0] == a.StartMoh("chan-1", "default")
+    assert not [t for t in only(queued, a.StartTimer) if "/hold/" in t.timer_id]
 
 
 def test_the_cdr_of_a_bridged_call_carries_wait_talk_agent_queue_and_segments() -> None:
@@ -301,7 +330,7 @@ def test_ring_all_rings_every_ready_agent_and_the_first_answer_wins() -> None:
         for n, who in ((1, "ann"), (2, "bob"), (3, "cat"))
     ]
     # One ring timer for all three legs.
-    assert [t.timer_id for t in only(offered, a.StartTimer)] == ["call-1/ring/1"]
+    assert [t.timer_id for t in only(offered, a.StartTimer)] == ["call-1/ring/1", "call-1/hold/2"]
     assert moves(offered) == [
         (who, S.READY, S.RESERVED, "OfferMade") for who in ("ann", "bob", "cat")
     ]
@@ -627,7 +656,7 @@ def test_no_announcement_while_the_call_rings_an_agent() -> None:
     desk.login("ann")
     announce = timer(desk.queue_call(1, when=0), "announce")
     assert desk.feed(e.TimerFired(announce.timer_id), 5) == [
-        a.StartTimer("call-1/announce/3", 30_000)
+        a.StartTimer("call-1/announce/4", 30_000)
     ]
 
 

@@ -89,6 +89,8 @@ COMMAND_EVENTS = {
     "end_wrapup": "WrapUpEnded",
 }
 QUEUE_TIMERS = ("maxwait", "relax", "announce")
+# Where each queue overflows after its max wait (see the directory below).
+OVERFLOW_TO = {"sales": "backup", "backup": "sales"}
 MAX_CALLERS = 4  # live at once: enough to queue and compete, few enough to finish
 
 
@@ -186,6 +188,8 @@ class Caller:
     legs: list[Leg] = field(default_factory=list)
     cdrs: list[CdrRecord] = field(default_factory=list)
     last_action: str = ""  # the last request made on its channel
+    music: bool = False  # hold music plays to it
+    playing: str | None = None  # an announcement's playback, once in a queue
 
 
 @dataclass
@@ -241,6 +245,8 @@ class Ledger:
             case e.PlaybackFinished(playback_id, channel_id, completed):
                 self.playbacks.pop(playback_id, None)
                 listener = self.caller_at.get(channel_id)
+                if listener is not None and listener.playing == playback_id:
+                    listener.playing = None
                 if (
                     listener is not None
                     and playback_id == listener.greeting
@@ -288,10 +294,14 @@ class Ledger:
                 announced = (
                     isinstance(event, e.PlaybackFinished) and event.playback_id != caller.greeting
                 )
-                if not announced:  # the caller enters a queue
+                deferred = isinstance(event, e.TimerFired) and "/hold/" in event.timer_id
+                if deferred:  # the agent rang past the grace: music of the same queue
+                    assert QUEUE_OF_MUSIC[music] == caller.queue_id, action
+                elif not announced:  # the caller enters a queue
                     self._enter(event, caller, QUEUE_OF_MUSIC[music])
+                caller.music = True
             case a.Answer(channel_id) | a.StopMoh(channel_id):
-                self._caller(channel_id, action)
+                self._caller(channel_id, action).music = False
                 if isinstance(action, a.Answer):
                     assert isinstance(event, e.CallArrived), f"{action} outside the arrival"
                     assert event.channel_id == channel_id
@@ -302,6 +312,8 @@ class Ledger:
                 self.playbacks[playback_id] = channel_id
                 if caller.greeting is None:
                     caller.greeting = playback_id
+                if caller.enqueued_at is not None:
+                    caller.playing = playback_id
             case a.Hangup(channel_id):
                 if channel_id in self.legs:
                     self.legs[channel_id].hung_up = True  # may race the leg's end
@@ -321,6 +333,16 @@ class Ledger:
                 assert record.at == self.now
                 self.agent_state[record.agent_id] = record.state
                 self._rows[record.agent_id] = record
+            case a.StartTimer(timer_id, delay_ms) if "/hold/" in timer_id:
+                # The caller enters a queue and an agent rings at once: the
+                # hold music waits (no music played yet, so it tells no queue).
+                caller = self.callers[timer_id.split("/")[0]]
+                assert caller.queue_id is not None, action
+                entered = caller.queue_id
+                if isinstance(event, e.TimerFired):  # an overflow
+                    entered = OVERFLOW_TO[caller.queue_id]
+                self._enter(event, caller, entered)
+                self.timers[timer_id] = self.now + timedelta(milliseconds=delay_ms)
             case a.StartTimer(timer_id, delay_ms):
                 assert timer_id not in self.timers, f"{timer_id} armed twice"
                 assert delay_ms >= 0
@@ -703,6 +725,11 @@ class QueueMachine(RuleBasedStateMachine):
     def call_timer_fires(self, data: st.DataObject) -> None:
         self.fire(data, ("announce", "maxwait", "relax"))
 
+    @precondition(lambda self: self.ledger.armed("hold"))
+    @rule(data=st.data())
+    def hold_music_grace_ends(self, data: st.DataObject) -> None:
+        self.fire(data, ("hold",))
+
     @precondition(lambda self: self.ledger.armed("wrapup"))
     @rule(data=st.data())
     def wrapup_timer_fires(self, data: st.DataObject) -> None:
@@ -717,6 +744,18 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def the_engine_agrees_with_the_ledger(self) -> None:
         self.ledger.check_engine(self.engine)
+
+    @invariant()
+    def a_waiting_caller_is_never_left_in_silence(self) -> None:
+        """Hold music or an announcement, or an agent ringing within the
+        hold music's grace (its timer armed): never silence for good."""
+        ledger = self.ledger
+        for caller in ledger.callers.values():
+            waiting = caller.enqueued_at is not None and caller.bridge is None
+            there = not (caller.gone or caller.hangup_requested or caller.handed_off)
+            if waiting and there and not caller.music and caller.playing is None:
+                prefix = f"{caller.call_id}/hold/"
+                assert any(t.startswith(prefix) for t in ledger.timers), f"{caller} in silence"
 
 
 QueueMachine.TestCase.settings = settings(
