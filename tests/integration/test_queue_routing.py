@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,39 @@ async def test_caller_and_agent_are_bridged(asterisk) -> None:
     assert [(s.agent_id, s.outcome) for s in cdr.segments] == [("anna", "answered")]
     originated = w.actions(a.Originate)
     assert [o.endpoint for o in originated] == ["PJSIP/agent-anna"]
+
+
+@pytest.mark.parametrize(
+    ("ring_ms", "music"), [(50, False), (1500, True)], ids=["auto-answer", "rings"]
+)
+async def test_hold_music_waits_for_a_phone_that_rings(asterisk, ring_ms, music) -> None:
+    """Asterisk's own MusicOnHold events on the caller's channel: none when
+    the agent's phone answers at once, music while a phone rings past the
+    grace, stopped before the bridge."""
+    queue = Queue("sales", "acme", ring_timeout_ms=5000, wrapup_ms=0)
+    phones = {"anna": sipp.AgentPhone(ring_ms=ring_ms, talk_ms=1000)}
+    async with call_center(asterisk, directory(queue, [agent("anna")]), phones) as (c, w, _):
+        assert c.ami is not None
+        heard: list[tuple[str, str]] = []
+
+        async def on_music(event: Any) -> None:
+            heard.append((event.event, event.uniqueid))
+
+        subscription = c.ami.subscribe("MusicOnHold*", on_music)
+        try:
+            assert c.agent_command("anna", "login") == "OK"
+            caller = await place_caller(asterisk)
+            cdr = (await cdr_of(w))[0]
+            assert (await caller).successful == 1
+        finally:
+            subscription.cancel()
+    assert cdr.disposition is Disposition.ANSWERED
+    channel = w.events(e.CallArrived)[0].channel_id
+    on_caller = [name for name, uniqueid in heard if uniqueid == channel]
+    assert on_caller == (["MusicOnHoldStart", "MusicOnHoldStop"] if music else [])
+    if music:
+        # Started after the grace (300 ms) of ringing, not at once.
+        assert cdr.wait_ms >= 1400
 
 
 async def test_skills_decide_and_relaxation_widens(asterisk) -> None:
