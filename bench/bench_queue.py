@@ -2,7 +2,7 @@
 sandbox Asterisk, under the same call load.
 
 `make bench` runs it; `python bench/run.py queue` runs it alone. About
-3-4 minutes on 2 cores. It prints a table and ends with one JSON line.
+5-6 minutes on 2 cores. It prints a table and ends with one JSON line.
 
 The load, the same for both sides: a scheduled generator (call n leaves at
 n / rate, however long earlier requests took) originates Local-channel
@@ -24,7 +24,10 @@ under an absolute timeout and hang up: the agent side ends each call.
   outbox and the agent-state log, start the controller with its FastAGI and
   AMI parts - and then logs the agents in through `agent_command` (the
   feature-code path needs PJSIP phones). Its queue: longest idle, no
-  wrap-up, 15 s ring, no announcements. Its greeting is 20 ms of silence:
+  wrap-up, 15 s ring, no announcements. Hold music only once an agent has
+  rung for 300 ms (the engine's HOLD_MUSIC_GRACE_MS): the bench's agents
+  answer within it, so its callers hear none, where app_queue starts the
+  music at queue entry and stops it at the bridge. Its greeting is 20 ms of silence:
   an empty greeting is not allowed (the config file rejects it; the engine
   would send a Play without media).
 - Each side runs alone: no controller process (its AMI session costs
@@ -56,7 +59,7 @@ controller process for pbx-controller. This script's own CPU (generator,
 AMI observer) and the rest of the machine (other processes share the
 cores) are shown apart.
 
-Rounds: the main run is repeated BENCH_ROUNDS times (3), app_queue and the
+Rounds: the main run is repeated BENCH_ROUNDS times (5), app_queue and the
 controller in turn, and each side reports the median round's CPU with the
 latencies of all its rounds pooled. On this shared 2-core machine two
 identical runs back to back differed by a quarter (1.26 and 1.57 s per 100
@@ -75,7 +78,7 @@ both sides fall behind by whole seconds, and what they leave would spoil
 the next step. The agents bound it too: 50 agents talking 0.3 s serve at
 most ~166 calls/s, so the default steps stop at 140.
 
-Environment: BENCH_CALLS (300), BENCH_ROUNDS (3), BENCH_RATE (25), BENCH_TALK_S (1.0),
+Environment: BENCH_CALLS (300), BENCH_ROUNDS (5), BENCH_RATE (25), BENCH_TALK_S (1.0),
 BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capacity
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only:
@@ -104,7 +107,7 @@ from typing import Any
 import aiohttp
 
 CALLS = int(os.environ.get("BENCH_CALLS", "300"))
-ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "5")))
 RATE = float(os.environ.get("BENCH_RATE", "25"))
 TALK_S = float(os.environ.get("BENCH_TALK_S", "1.0"))
 AGENTS = int(os.environ.get("BENCH_AGENTS", "50"))
@@ -386,7 +389,13 @@ class Probe:
         now = time.time()
         a, e = self._a, self._e
         if isinstance(event, e.PlaybackFinished):
-            if any(isinstance(x, a.StartMoh) for x in actions):
+            # The greeting's end queues the caller: hold music at once, or
+            # (an agent rings already) the hold music's grace timer.
+            if any(
+                isinstance(x, a.StartMoh)
+                or (isinstance(x, a.StartTimer) and "/hold/" in x.timer_id)
+                for x in actions
+            ):
                 self.enqueued[event.channel_id] = now
         elif isinstance(event, e.AgentLegAnswered):
             for action in actions:
@@ -1022,7 +1031,8 @@ async def main() -> int:
                 "   app_queue: Answer, 20 ms greeting, Queue(bench) with hold music, "
                 "leastrecent, ringinuse=no, wrapuptime=0\n"
                 "   controller: its own process, as pbxctl serve (SQLite, CDR outbox, agent "
-                "state log, FastAGI, AMI); longest idle, no wrap-up, 20 ms greeting\n"
+                "state log, FastAGI, AMI); longest idle, no wrap-up, 20 ms greeting,\n"
+                "   hold music after 300 ms of ringing (these agents answer sooner)\n"
                 "   connect = queue entry -> 2nd channel's BridgeEnter (AMI Timestamp); "
                 "queue entry = QueueCallerJoin (app_queue),\n"
                 "   the engine enqueueing the caller after its greeting (controller)\n"
