@@ -83,8 +83,9 @@ BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capac
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only:
 BENCH_CPROFILE=PATH (the controller process under cProfile, its stats in
-PATH.<pid>), BENCH_STORE=memory
-(no database writes in the controller), PBX_AMI__ENABLED=false (no AMI part).
+PATH.<pid>), BENCH_STORE=memory (no database writes in the controller;
+"no-cdr-db": the CDR outbox's files but no upsert; "no-agent-log"),
+PBX_AMI__ENABLED=false (no AMI part).
 """
 
 from __future__ import annotations
@@ -452,6 +453,9 @@ class MemoryStore:
     async def write(self, record: Any) -> None:
         self.records.append(record)
 
+    async def write_many(self, records: list[Any]) -> None:
+        self.records.extend(records)
+
     def caught_up(self) -> bool:
         return True
 
@@ -487,15 +491,19 @@ async def controller_child() -> None:
     directory = await load_directory(sessions)
     outbox: Any
     agent_log: Any
-    if os.environ.get("BENCH_STORE") == "memory":  # diagnostics: no database writes
+    store = os.environ.get("BENCH_STORE", "")
+    if store == "memory":  # diagnostics: no database writes
         outbox, agent_log = MemoryStore(), MemoryStore()
     else:  # as pbxctl serve: the durable outbox in front of the database, the state log
-        outbox = CdrOutbox(
-            settings.data_dir / "outbox", DatabaseCdrSink(sessions), database_url=url
-        )
+        # Diagnostics: "no-cdr-db" (the outbox's files, no upsert), "no-agent-log".
+        cdr_sink: Any = MemoryStore() if store == "no-cdr-db" else DatabaseCdrSink(sessions)
+        outbox = CdrOutbox(settings.data_dir / "outbox", cdr_sink, database_url=url)
         await outbox.open()
-        agent_log = DatabaseAgentLog(sessions)
-        agent_log.start()
+        if store == "no-agent-log":
+            agent_log = MemoryStore()
+        else:
+            agent_log = DatabaseAgentLog(sessions)
+            agent_log.start()
         outbox.start()
     probe: Probe | None = None
     sink = CountingCdrSink(outbox, lambda: probe)
