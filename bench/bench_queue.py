@@ -463,6 +463,13 @@ class MemoryStore:
         pass
 
 
+class MemoryAgentLog(MemoryStore):
+    """The agent-state log's side of BENCH_STORE=memory: rows are taken at once."""
+
+    def write(self, record: Any) -> None:  # type: ignore[override]
+        self.records.append(record)
+
+
 async def controller_child() -> None:
     """`bench_queue.py --controller`: pbxctl serve's start-up, on SQLite, with
     the bench configuration; then commands on stdin, answers on stdout."""
@@ -493,14 +500,14 @@ async def controller_child() -> None:
     agent_log: Any
     store = os.environ.get("BENCH_STORE", "")
     if store == "memory":  # diagnostics: no database writes
-        outbox, agent_log = MemoryStore(), MemoryStore()
+        outbox, agent_log = MemoryStore(), MemoryAgentLog()
     else:  # as pbxctl serve: the durable outbox in front of the database, the state log
         # Diagnostics: "no-cdr-db" (the outbox's files, no upsert), "no-agent-log".
         cdr_sink: Any = MemoryStore() if store == "no-cdr-db" else DatabaseCdrSink(sessions)
         outbox = CdrOutbox(settings.data_dir / "outbox", cdr_sink, database_url=url)
         await outbox.open()
         if store == "no-agent-log":
-            agent_log = MemoryStore()
+            agent_log = MemoryAgentLog()
         else:
             agent_log = DatabaseAgentLog(sessions)
             agent_log.start()

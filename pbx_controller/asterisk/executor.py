@@ -39,7 +39,9 @@ class CdrSink(Protocol):
 
 
 class AgentLogSink(Protocol):
-    async def write(self, record: AgentStateRecord) -> None: ...
+    """Takes a row at once (it queues it; writing is its own business)."""
+
+    def write(self, record: AgentStateRecord) -> None: ...
 
 
 class RecordingSink(Protocol):
@@ -62,7 +64,7 @@ class NoRecordings:
 class LoggingAgentLog:
     """Agent state changes to the log only (tests, the demo before a database)."""
 
-    async def write(self, record: AgentStateRecord) -> None:
+    def write(self, record: AgentStateRecord) -> None:
         log.info("agent %s: %s -> %s", record.agent_id, record.previous.value, record.state.value)
 
 
@@ -101,7 +103,7 @@ class Executor:
                 case a.DestroyBridge(bridge_id):
                     self._spawn(self._quietly(self._destroy_bridge(bridge_id)))
                 case a.RecordAgentState(record):
-                    self._spawn(self._record_agent_state(record))
+                    self._record_agent_state(record)  # queued, no task per row
                 case a.OpenRecording():
                     self._spawn(self._logged(self.recordings.open(action), action.call_id))
                 case a.ProcessRecording(job):
@@ -256,9 +258,9 @@ class Executor:
 
         self._timers[timer_id] = asyncio.get_running_loop().call_later(delay_ms / 1000, fire)
 
-    async def _record_agent_state(self, record: AgentStateRecord) -> None:
+    def _record_agent_state(self, record: AgentStateRecord) -> None:
         try:
-            await self.agent_log.write(record)
+            self.agent_log.write(record)
         except Exception:
             log.exception("agent state of %s could not be written", record.agent_id)
 

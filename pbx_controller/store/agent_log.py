@@ -73,7 +73,7 @@ class DatabaseAgentLog:
         self._closing = False
         self.refused = 0  # rows the database refused for good (logged, dropped)
 
-    async def write(self, record: AgentStateRecord) -> None:
+    def write(self, record: AgentStateRecord) -> None:
         self._queue.put_nowait(record)
         if self._queue.qsize() + 1 >= self.batch:  # with the one the writer holds
             self._enough.set()

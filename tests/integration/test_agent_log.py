@@ -44,15 +44,15 @@ async def test_a_refused_row_is_logged_and_the_rest_are_written(
         agent_log.start()
         # "gone" is not in the agent table (deleted from the configuration
         # while the controller still had it): the foreign key refuses it.
-        await agent_log.write(change("anna", AgentState.RESERVED, 1))
-        await agent_log.write(change("gone", AgentState.ON_CALL, 2))
-        await agent_log.write(change("anna", AgentState.ON_CALL, 3))
+        agent_log.write(change("anna", AgentState.RESERVED, 1))
+        agent_log.write(change("gone", AgentState.ON_CALL, 2))
+        agent_log.write(change("anna", AgentState.ON_CALL, 3))
         with caplog.at_level(logging.ERROR, logger="pbx_controller.store.agent_log"):
             await agent_log.close(flush_timeout_s=10)
         # The log goes on after it: a later batch is written too.
         agent_log = DatabaseAgentLog(sessions, linger_s=0)
         agent_log.start()
-        await agent_log.write(change("anna", AgentState.READY, 4))
+        agent_log.write(change("anna", AgentState.READY, 4))
         await agent_log.close(flush_timeout_s=10)
         async with sessions() as session:
             query = select(m.AgentStateLog).order_by(m.AgentStateLog.at)
