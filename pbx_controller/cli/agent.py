@@ -30,7 +30,16 @@ from pbx_controller.cli.main import CliError
 from pbx_controller.cli.serve import settings_from
 from pbx_controller.config import HttpSettings
 
-__all__ = ["COMMANDS", "api_token", "api_url", "format_table", "register", "request"]
+__all__ = [
+    "COMMANDS",
+    "api_token",
+    "api_url",
+    "format_table",
+    "get_json",
+    "post_command",
+    "register",
+    "request",
+]
 
 # CLI word -> API command.
 COMMANDS = {
@@ -134,22 +143,44 @@ def request(
         raise CliError(f"controller at {base} answered HTTP {status} without JSON") from None
 
 
-def run_command(args: argparse.Namespace) -> int:
+def post_command(
+    args: argparse.Namespace, path: str, body: dict[str, Any], refusals: Sequence[str]
+) -> dict[str, Any] | None:
+    """POST a command to the running controller: its answer when done. A
+    refusal in `refusals` is printed and gives None (exit status 1); any
+    other failure is a CliError (exit status 2)."""
     http = settings_from(args).http
-    base = api_url(http)
+    status, answer = request(api_url(http), "POST", path, body, token=api_token(http))
+    if not isinstance(answer, dict):
+        raise CliError(f"controller answered HTTP {status} with no JSON object")
+    result, message = answer.get("result"), answer.get("error", "")
+    if status == 200 and result == "OK":
+        return answer
+    if result in refusals:
+        print(f"pbxctl: {message or result}", file=sys.stderr)
+        return None
+    raise CliError(message or f"controller answered HTTP {status}")
+
+
+def get_json(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """GET from the running controller: its JSON object, or a CliError."""
+    http = settings_from(args).http
+    status, answer = request(api_url(http), "GET", path, token=api_token(http))
+    if status != 200 or not isinstance(answer, dict):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise CliError(error or f"controller answered HTTP {status}")
+    return answer
+
+
+def run_command(args: argparse.Namespace) -> int:
     command: str = args.api_command
     path = f"/agents/{urllib.parse.quote(args.agent_id, safe='')}/{command}"
     body = {"reason": args.reason} if command == "pause" else {}
-    status, answer = request(base, "POST", path, body, token=api_token(http))
-    result = answer.get("result") if isinstance(answer, dict) else None
-    message = answer.get("error", "") if isinstance(answer, dict) else ""
-    if status == 200 and result == "OK":
-        print(f"agent {args.agent_id}: {_DONE[command]}{_describe(answer.get('agent'))}")
-        return 0
-    if result in ("UNKNOWN_AGENT", "INVALID_STATE"):
-        print(f"pbxctl: {message or result}", file=sys.stderr)
+    answer = post_command(args, path, body, ("UNKNOWN_AGENT", "INVALID_STATE"))
+    if answer is None:
         return 1
-    raise CliError(message or f"controller answered HTTP {status}")
+    print(f"agent {args.agent_id}: {_DONE[command]}{_describe(answer.get('agent'))}")
+    return 0
 
 
 def _describe(agent: Any) -> str:
@@ -166,16 +197,10 @@ def _describe(agent: Any) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    http = settings_from(args).http
-    base = api_url(http)
     path = "/agents"
     if args.tenant is not None:
         path += "?" + urllib.parse.urlencode({"tenant": args.tenant})
-    status, answer = request(base, "GET", path, token=api_token(http))
-    if status != 200 or not isinstance(answer, dict):
-        error = answer.get("error") if isinstance(answer, dict) else None
-        raise CliError(error or f"controller answered HTTP {status}")
-    agents: list[dict[str, Any]] = answer.get("agents", [])
+    agents: list[dict[str, Any]] = get_json(args, path).get("agents", [])
     if args.format == "json":
         print(json.dumps(agents, indent=2))
         return 0

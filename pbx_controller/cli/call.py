@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import urllib.parse
 from typing import Any
 
-from pbx_controller.cli.agent import api_token, api_url, format_table, request
-from pbx_controller.cli.main import CliError
-from pbx_controller.cli.serve import settings_from
+from pbx_controller.cli.agent import format_table, get_json, post_command
 
 __all__ = ["COMMANDS", "register"]
 
@@ -56,37 +53,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    http = settings_from(args).http
-    base = api_url(http)
     command: str = args.api_command
     path = (
         f"/calls/{urllib.parse.quote(args.call_id, safe='')}/recording/{command}?"
         + urllib.parse.urlencode({"tenant": args.tenant})
     )
-    status, answer = request(base, "POST", path, {}, token=api_token(http))
-    result = answer.get("result") if isinstance(answer, dict) else None
-    message = answer.get("error", "") if isinstance(answer, dict) else ""
-    if status == 200 and result == "OK":
-        print(f"call {args.call_id}: {_DONE[command]}")
-        return 0
-    if result in ("UNKNOWN_CALL", "NOT_RECORDING"):
-        print(f"pbxctl: {message or result}", file=sys.stderr)
+    if post_command(args, path, {}, ("UNKNOWN_CALL", "NOT_RECORDING")) is None:
         return 1
-    raise CliError(message or f"controller answered HTTP {status}")
+    print(f"call {args.call_id}: {_DONE[command]}")
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    http = settings_from(args).http
-    status, answer = request(
-        api_url(http),
-        "GET",
-        "/calls?" + urllib.parse.urlencode({"tenant": args.tenant}),
-        token=api_token(http),
-    )
-    if status != 200 or not isinstance(answer, dict):
-        error = answer.get("error") if isinstance(answer, dict) else None
-        raise CliError(error or f"controller answered HTTP {status}")
-    calls: list[dict[str, Any]] = answer.get("calls", [])
+    path = "/calls?" + urllib.parse.urlencode({"tenant": args.tenant})
+    calls: list[dict[str, Any]] = get_json(args, path).get("calls", [])
     if args.format == "json":
         print(json.dumps(calls, indent=2))
         return 0
