@@ -379,14 +379,16 @@ class Engine:
 
     def _music_off(self, call: Call) -> list[a.Action]:
         """No more hold music, nor music still to come."""
-        actions: list[a.Action] = []
-        if call.hold_timer is not None:
-            actions.append(a.CancelTimer(call.hold_timer))
-            call.hold_timer = None
+        actions = self._cancel_hold_timer(call)
         if call.hold_music is not None:
             call.hold_music = None
             actions.append(a.StopMoh(call.channel_id))
         return actions
+
+    @staticmethod
+    def _cancel_hold_timer(call: Call) -> list[a.Action]:
+        timer, call.hold_timer = call.hold_timer, None
+        return [] if timer is None else [a.CancelTimer(timer)]
 
     @staticmethod
     def _queue_timer(call: Call, kind: str, delay_ms: int) -> a.StartTimer:
@@ -507,10 +509,7 @@ class Engine:
     def _leave_queue(self, call: Call, now: datetime) -> list[a.Action]:
         """The caller is gone or handed back: drop its place and its offers."""
         self.waiting.pop(call.call_id, None)
-        actions: list[a.Action] = self._cancel_ring_timer(call)
-        if call.hold_timer is not None:
-            actions.append(a.CancelTimer(call.hold_timer))
-            call.hold_timer = None
+        actions: list[a.Action] = [*self._cancel_ring_timer(call), *self._cancel_hold_timer(call)]
         if call.consent_timer is not None:
             actions.append(a.CancelTimer(call.consent_timer))
             call.consent_timer = None
@@ -931,6 +930,11 @@ class Engine:
             consent=_consent_outcome(call.consent),
             segments=tuple(call.segments),
         )
+
+
+# The CDR consent outcomes under which no recording was ever started (only
+# "granted" and "withdrawn" follow a consent; "n/a" is not known).
+NEVER_RECORDED_OUTCOMES = frozenset({"not_asked", "declined"})
 
 
 def _consent_outcome(consent: Consent | None) -> str:

@@ -31,18 +31,8 @@ log = logging.getLogger(__name__)
 AGENT_STATE_LOG = m.Base.metadata.tables[m.AgentStateLog.__tablename__]
 
 
-def log_row(record: AgentStateRecord) -> m.AgentStateLog:
-    return m.AgentStateLog(
-        agent_id=record.agent_id,
-        state=record.state.value,
-        reason=record.reason,
-        tenant_ids=list(record.tenants),
-        at=record.at,
-    )
-
-
 def log_values(record: AgentStateRecord) -> dict[str, object]:
-    """`log_row`'s column values, for a Core INSERT of many rows."""
+    """The agent_state_log row of a state change, for a Core INSERT of many rows."""
     return {
         "agent_id": record.agent_id,
         "state": record.state.value,
@@ -100,61 +90,49 @@ class DatabaseAgentLog:
             log.error("%d agent state changes were not written", self.backlog)
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             records = [await self._queue.get()]
             await self._linger()
             while len(records) < self.batch and not self._queue.empty():
                 records.append(self._queue.get_nowait())
-            rows = [log_values(r) for r in records]
-            while True:
-                try:
-                    await self._insert(rows)
-                    break
-                except Exception as exc:
-                    if is_permanent_database_error(exc):
-                        await self._insert_each(rows)
-                        break
-                    # The database is down: keep them, retry.
-                    failures += 1
-                    delay = backoff_s(failures, 0.25, 5.0)
-                    log.warning(
-                        "agent state log not written (%s); retrying in %.1fs",
-                        type(exc).__name__,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-            failures = 0
+            await self._write([log_values(r) for r in records])
             for _ in records:
                 self._queue.task_done()
 
-    async def _insert(self, rows: list[dict[str, object]]) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(insert(AGENT_STATE_LOG), rows)
-
-    async def _insert_each(self, rows: list[dict[str, object]]) -> None:
-        """The database refused the batch for good (a constraint: say, an
-        agent deleted from the configuration while logged in). Each row alone,
+    async def _write(self, rows: list[dict[str, object]]) -> None:
+        """Insert the rows, waiting out a database that is down (capped
+        backoff). Rows it refuses for good (a constraint: say, an agent
+        deleted from the configuration while logged in) are tried one by one,
         so one bad row never holds back the rest; a refused row is logged
-        whole, for an operator to replay, and dropped. A row that fails only
-        because the database went down meanwhile is retried as usual."""
-        for row in rows:
-            failures = 0
-            while True:
-                try:
-                    await self._insert([row])
+        whole, for an operator to replay, and dropped."""
+        failures = 0
+        while True:
+            try:
+                async with self.sessions() as session, session.begin():
+                    await session.execute(insert(AGENT_STATE_LOG), rows)
+                return
+            except Exception as exc:
+                if is_permanent_database_error(exc):
+                    refusal = describe_database_error(exc)
                     break
-                except Exception as exc:
-                    if is_permanent_database_error(exc):
-                        self.refused += 1
-                        log.error(
-                            "agent state change refused by the database (%s), not logged: %s",
-                            describe_database_error(exc),
-                            json.dumps(row, default=str, sort_keys=True),
-                        )
-                        break
-                    failures += 1
-                    await asyncio.sleep(backoff_s(failures, 0.25, 5.0))
+                failures += 1
+                delay = backoff_s(failures, 0.25, 5.0)
+                log.warning(
+                    "agent state log not written (%s); retrying in %.1fs",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        if len(rows) > 1:
+            for row in rows:
+                await self._write([row])
+            return
+        self.refused += 1
+        log.error(
+            "agent state change refused by the database (%s), not logged: %s",
+            refusal,
+            json.dumps(rows[0], default=str, sort_keys=True),
+        )
 
     async def _linger(self) -> None:
         """Give more rows `linger_s` to join the batch (not when closing or full)."""

@@ -13,13 +13,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.core.cdr import CdrRecord
+from pbx_controller.core.engine import NEVER_RECORDED_OUTCOMES
 from pbx_controller.store import models as m
 from pbx_controller.store.recordings import link_cdrs
 
 CDR = m.Base.metadata.tables[m.Cdr.__tablename__]
 CDR_SEGMENT = m.Base.metadata.tables[m.CdrSegment.__tablename__]
-# The CDR's consent outcomes under which no recording was ever started.
-NEVER_RECORDED = frozenset({"not_asked", "declined"})
 
 
 def cdr_row(cdr: CdrRecord) -> dict[str, object]:
@@ -80,7 +79,9 @@ class DatabaseCdrSink:
             )
             # A recording written before its CDR gets linked now (either order
             # works). A call that was never recorded has nothing to link.
-            maybe_recorded = [uuid.UUID(c.call_id) for c in cdrs if c.consent not in NEVER_RECORDED]
+            maybe_recorded = [
+                uuid.UUID(c.call_id) for c in cdrs if c.consent not in NEVER_RECORDED_OUTCOMES
+            ]
             await link_cdrs(session, maybe_recorded)
             if segments:
                 await session.execute(

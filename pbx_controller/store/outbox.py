@@ -953,8 +953,8 @@ class CdrOutbox:
             elif 0 < read < self.batch_size:
                 # Caught up with what was on disk; what came meanwhile is a
                 # record or two. Let more join them rather than chase them one
-                # upsert each (measured at 25 CDRs/s: 286 batches for 300 CDRs
-                # without this).
+                # upsert each (measured at 25 CDRs/s: 16 upserts for 300 CDRs,
+                # several of one record, without this; 13 of 24-25 with it).
                 await self._linger()
 
     async def _linger(self) -> None:
