@@ -82,6 +82,8 @@ Environment: BENCH_CALLS (300), BENCH_ROUNDS (5), BENCH_RATE (25), BENCH_TALK_S 
 BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capacity
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only:
+BENCH_BASELINE=PATH (the controller of another checkout at PATH, e.g. a
+`git worktree` of main, runs as a third side in every round: an A/B),
 BENCH_CPROFILE=PATH (the controller process under cProfile, its stats in
 PATH.<pid>), BENCH_STORE=memory (no database writes in the controller;
 "no-cdr-db": the CDR outbox's files but no upsert; "no-agent-log"),
@@ -132,6 +134,11 @@ GREETING_MS = 20
 SCRIPT = Path(__file__).resolve()
 APPQUEUE = "app_queue"
 CONTROLLER = "controller"
+BASELINE_SIDE = "baseline"
+# Diagnostics: another checkout's controller as a third side in every round
+# (an A/B of a change under the same load and the same box noise).
+_BASELINE_PATH = os.environ.get("BENCH_BASELINE")
+BASELINE = Path(_BASELINE_PATH).resolve() if _BASELINE_PATH else None
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -435,8 +442,8 @@ class CountingCdrSink:
         self.probe = probe
         self.written = 0
 
-    async def write(self, cdr: Any) -> None:
-        await self.outbox.write(cdr)
+    def write(self, cdr: Any) -> None:
+        self.outbox.write(cdr)
         self.written += 1
         probe = self.probe()
         if probe is not None:
@@ -450,7 +457,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: list[Any] = []
 
-    async def write(self, record: Any) -> None:
+    def write(self, record: Any) -> None:
         self.records.append(record)
 
     async def write_many(self, records: list[Any]) -> None:
@@ -465,9 +472,6 @@ class MemoryStore:
 
 class MemoryAgentLog(MemoryStore):
     """The agent-state log's side of BENCH_STORE=memory: rows are taken at once."""
-
-    def write(self, record: Any) -> None:  # type: ignore[override]
-        self.records.append(record)
 
 
 async def controller_child() -> None:
@@ -558,11 +562,11 @@ class ControllerProcess:
         assert self.process is not None
         return self.process.pid
 
-    async def start(self, env: dict[str, str]) -> None:
+    async def start(self, env: dict[str, str], script: Path = SCRIPT) -> None:
         with self._open_log() as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                str(SCRIPT),
+                str(script),
                 "--controller",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -765,7 +769,7 @@ class Bench:
         if side == APPQUEUE:
             await self.app_queue_members(add=True)
         else:
-            await self.start_controller()
+            await self.start_controller(side)
         try:
             if WARMUP_CALLS:
                 await self.run(side, "warm-up", calls=WARMUP_CALLS, rate=20, talk_s=0.3)
@@ -780,16 +784,18 @@ class Bench:
             else:
                 await self.stop_controller()
 
-    async def start_controller(self) -> None:
+    async def start_controller(self, side: str = CONTROLLER) -> None:
         env = {
             **os.environ,
+            **({"PYTHONPATH": str(BASELINE)} if side == BASELINE_SIDE else {}),
             **self.asterisk.endpoints.controller_env(),
             "PBX_DATABASE__URL": f"sqlite+aiosqlite:///{self.workdir / 'pbx.db'}",
             "PBX_DATA_DIR": str(self.workdir / "var"),
             "BENCH_CONTROLLER_TOML": controller_toml(self.asterisk.greeting),
         }
         self.controller = ControllerProcess(self.workdir)
-        await self.controller.start(env)
+        script = BASELINE / "bench" / SCRIPT.name if side == BASELINE_SIDE else SCRIPT
+        await self.controller.start(env, script)
 
     async def stop_controller(self) -> None:
         if self.controller is not None:
@@ -859,7 +865,7 @@ class Bench:
         await self.set_talk(talk_s)
         await self.wait_idle(DRAIN_TIMEOUT_S)
         await self.wait_quiet()
-        if side == CONTROLLER:
+        if side != APPQUEUE:
             assert self.controller is not None
             await self.controller.ask("collect")  # forget anything earlier
         self.joins.clear()
@@ -867,7 +873,7 @@ class Bench:
         self.connected.clear()
         self.connects = 0
         self.runs += 1
-        context = "pbx-inbound" if side == CONTROLLER else "pbx-bench-queue"
+        context = "pbx-bench-queue" if side == APPQUEUE else "pbx-inbound"
         endpoint = f"Local/{DID}@{context}"
         result = Run(side, label, calls, rate, talk_s)
         # Past the knee a side can fall behind by minutes, and what is left
@@ -897,7 +903,7 @@ class Bench:
         drain_s = 5.0 if result.aborted else DRAIN_TIMEOUT_S
         result.timed_out = not await self.wait_idle(drain_s)
         records: dict[str, Any] = {"calls": {}, "cdrs": []}
-        if side == CONTROLLER:
+        if side != APPQUEUE:
             assert self.controller is not None
             expected = len(ids) - len(failed)
             deadline = time.monotonic() + (3 if result.aborted or result.timed_out else 10)
@@ -908,7 +914,7 @@ class Bench:
                 await asyncio.sleep(0.05)
         result.cpu = self.cpu() - cpu0
         result.seconds = time.monotonic() - began
-        if side == CONTROLLER:
+        if side != APPQUEUE:
             assert self.controller is not None
             records = await self.controller.ask("collect")
 
@@ -926,7 +932,7 @@ class Bench:
         result.connects_ms = [(self.connected[c] - entries[c]) * 1000 for c in connected]
         result.sent = len(ids)
         result.lost = calls - len(connected)  # calls never sent count as lost
-        if side == CONTROLLER:
+        if side != APPQUEUE:
             self._controller_details(result, records, connected)
         return result
 
@@ -1062,13 +1068,18 @@ async def main() -> int:
             # what a capacity step past the knee leaves behind.
             aq_runs: list[Run] = []
             pc_runs: list[Run] = []
+            bl_runs: list[Run] = []
             for _ in range(ROUNDS):  # alternating: see "Rounds" above
                 aq_runs.append(await bench.phase(APPQUEUE, main=True))
                 pc_runs.append(await bench.phase(CONTROLLER, main=True))
+                if BASELINE is not None:
+                    bl_runs.append(await bench.phase(BASELINE_SIDE, main=True))
             aq_main, pc_main = merged(aq_runs), merged(pc_runs)
             if ROUNDS > 1:
                 print(run_row(aq_main), flush=True)
                 print(run_row(pc_main), flush=True)
+            if bl_runs:
+                print(run_row(merged(bl_runs)), f" <- baseline: {BASELINE}", flush=True)
             aq_capacity = await bench.phase(APPQUEUE, main=False)
             pc_capacity = await bench.phase(CONTROLLER, main=False)
             ok = True

@@ -82,7 +82,7 @@ class LoggingCdrSink:
     def __init__(self) -> None:
         self.records: list[CdrRecord] = []
 
-    async def write(self, cdr: CdrRecord) -> None:
+    def write(self, cdr: CdrRecord) -> None:
         self.records.append(cdr)
         log.info(
             "CDR %s tenant=%s did=%s disposition=%s",

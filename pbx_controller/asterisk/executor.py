@@ -35,7 +35,9 @@ SNOOP_RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class CdrSink(Protocol):
-    async def write(self, cdr: CdrRecord) -> None: ...
+    """Takes a CDR at once (the outbox appends it; delivery is its own business)."""
+
+    def write(self, cdr: CdrRecord) -> None: ...
 
 
 class AgentLogSink(Protocol):
@@ -97,7 +99,7 @@ class Executor:
                     if handle is not None:
                         handle.cancel()
                 case a.EmitCdr(cdr):
-                    self._spawn(self._emit_cdr(cdr))
+                    self._emit_cdr(cdr)  # taken at once, no task per CDR
                 case a.StopPlayback(playback_id):
                     self._spawn(self._quietly(self.ari.stop_playback(playback_id)))
                 case a.DestroyBridge(bridge_id):
@@ -264,9 +266,9 @@ class Executor:
         except Exception:
             log.exception("agent state of %s could not be written", record.agent_id)
 
-    async def _emit_cdr(self, cdr: CdrRecord) -> None:
+    def _emit_cdr(self, cdr: CdrRecord) -> None:
         try:
-            await self.cdrs.write(cdr)
+            self.cdrs.write(cdr)
         except Exception:
             log.exception("CDR %s could not be written", cdr.call_id)
 

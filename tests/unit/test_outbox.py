@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import typing
 import uuid
 import zlib
@@ -317,7 +318,7 @@ async def test_append_is_on_disk_before_it_returns(tmp_path: Path) -> None:
     async with asyncio.timeout(10):
         await box.open()  # the writer is not started: nothing leaves the disk
         try:
-            await box.write(make_cdr(0))
+            await box.append(make_cdr(0))
             snapshot = scan_outbox(tmp_path / "outbox")
             assert [c.call_id for c in snapshot.pending] == [make_cdr(0).call_id]
             assert snapshot.problems == []
@@ -336,11 +337,11 @@ async def test_delivers_in_order_across_segments_and_deletes_sent_ones(tmp_path:
     async with asyncio.timeout(10):
         await box.open()
         for cdr in cdrs[:30]:
-            await box.write(cdr)
+            await box.append(cdr)
         assert len(list(directory.glob("seg-*.log"))) > 3  # rotated
         box.start()
         for cdr in cdrs[30:]:
-            await box.write(cdr)
+            await box.append(cdr)
         await box.wait_idle()
         assert await box.close() is True
     assert sink.order == [c.call_id for c in cdrs]
@@ -356,7 +357,7 @@ async def test_concurrent_appends_share_fsyncs_and_keep_call_order(tmp_path: Pat
     box = outbox(tmp_path / "outbox", sink)
     cdrs = [make_cdr(i) for i in range(200)]
     async with asyncio.timeout(10), box:
-        await asyncio.gather(*(box.write(c) for c in cdrs))
+        await asyncio.gather(*(box.append(c) for c in cdrs))
         await box.wait_idle()
     assert sink.order == [c.call_id for c in cdrs]
 
@@ -383,7 +384,7 @@ async def test_steady_arrivals_are_delivered_in_lingered_batches(tmp_path: Path)
     cdrs = [make_cdr(i) for i in range(60)]
     async with asyncio.timeout(10), box:
         for cdr in cdrs:
-            await box.write(cdr)
+            await box.append(cdr)
             await asyncio.sleep(0.01)
         await box.wait_idle()
     assert sink.order == [c.call_id for c in cdrs]
@@ -402,10 +403,10 @@ async def test_database_down_keeps_records_and_drains_them_in_order(
     async with asyncio.timeout(10):
         async with box:
             for cdr in cdrs[:10]:
-                await box.write(cdr)
+                await box.append(cdr)
             await wait_for(lambda: sink.failures >= 3)
             for cdr in cdrs[10:]:
-                await box.write(cdr)
+                await box.append(cdr)
             assert len(scan_outbox(directory).pending) == 25
             sink.down = False
             await box.wait_idle()
@@ -431,7 +432,7 @@ async def test_close_with_database_down_keeps_everything_for_the_next_start(
         await box.open()
         box.start()
         for cdr in cdrs:
-            await box.write(cdr)
+            await box.append(cdr)
         assert await box.close(flush_timeout_s=0.1) is False
         assert [c.call_id for c in scan_outbox(directory).pending] == [c.call_id for c in cdrs]
 
@@ -440,7 +441,7 @@ async def test_close_with_database_down_keeps_everything_for_the_next_start(
         await again.open()
         assert again.stats.backlog_at_open == 12
         again.start()
-        await again.write(make_cdr(99))
+        await again.append(make_cdr(99))
         await again.wait_idle()
         assert await again.close() is True
     # The backlog first, in order, then what came after the restart.
@@ -460,7 +461,7 @@ async def test_restart_after_commit_but_before_the_cursor_replays_harmlessly(
         box.start()
         before = read_cursor(directory)
         for cdr in cdrs:
-            await box.write(cdr)
+            await box.append(cdr)
         await box.wait_idle()
         # Simulate a crash right after the commit: the cursor as it was, the
         # segment still on disk (a graceful close would delete it).
@@ -492,7 +493,7 @@ async def test_torn_tail_from_a_crash_is_ignored_and_new_records_go_to_a_new_seg
     sink = MemorySink()
     async with asyncio.timeout(10), outbox(directory, sink) as box:
         assert box.stats.backlog_at_open == 2
-        await box.write(make_cdr(3))
+        await box.append(make_cdr(3))
         await box.wait_idle()
     assert sink.order == [make_cdr(i).call_id for i in (0, 1, 3)]
     assert box.stats.torn_bytes == 40
@@ -539,7 +540,7 @@ async def test_a_record_the_database_refuses_is_kept_aside_the_batch_goes_on(
     async with asyncio.timeout(10):
         await box.open()
         for i in range(5):
-            await box.write(make_cdr(i))
+            await box.append(make_cdr(i))
         box.start()
         await box.wait_idle()
         await box.close()
@@ -558,7 +559,7 @@ async def test_unsent_segments_are_never_deleted(tmp_path: Path) -> None:
         await box.open()
         box.start()
         for i in range(20):
-            await box.write(make_cdr(i))
+            await box.append(make_cdr(i))
         await wait_for(lambda: sink.failures >= 2)
         segments = sorted(directory.glob("seg-*.log"))
         assert len(segments) >= 10
@@ -595,15 +596,109 @@ async def test_the_disk_refusing_a_record_falls_back_to_the_database(
         raise OSError(28, "No space left on device")
 
     async with asyncio.timeout(10), box:
-        monkeypatch.setattr(box, "_write_sync", full)
-        await box.write(make_cdr(0))
+        monkeypatch.setattr(box, "_write_line", full)
+        await box.append(make_cdr(0))
         assert list(sink.rows) == [make_cdr(0).call_id]
         sink.down = True
         with pytest.raises(OSError, match="No space"):
-            await box.write(make_cdr(1))
+            await box.append(make_cdr(1))
     # The last copy of the lost record is in the log, whole.
     assert make_cdr(1).call_id in caplog.text
     assert '"caller":"485001"' in caplog.text
+
+
+async def test_write_takes_the_record_at_once_and_the_sync_thread_makes_it_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The executor's path: no await. The record is in the segment when write
+    # returns (a killed controller loses nothing); the sync thread fdatasyncs
+    # it without the loop waiting.
+    synced: list[tuple[int, int]] = []
+    real = ob._datasync
+
+    def datasync(fd: int) -> None:
+        real(fd)
+        synced.append((fd, os.fstat(fd).st_size))
+
+    monkeypatch.setattr(ob, "_datasync", datasync)
+    directory = tmp_path / "outbox"
+    box = outbox(directory, MemorySink())
+    async with asyncio.timeout(10):
+        await box.open()
+        try:
+            box.write(make_cdr(0))
+            assert [c.call_id for c in scan_outbox(directory).pending] == [make_cdr(0).call_id]
+            size = (directory / segment_name(1)).stat().st_size
+            await wait_for(lambda: any(s >= size for _, s in synced))
+            # A burst shares fdatasyncs (group commit) and keeps its order.
+            for i in range(1, 200):
+                box.write(make_cdr(i))
+        finally:
+            await box.close(flush_timeout_s=0)
+    assert [c.call_id for c in scan_outbox(directory).pending] == [
+        make_cdr(i).call_id for i in range(200)
+    ]
+    # close() waited for the last pass: everything written is synced.
+    assert synced[-1][1] == (directory / segment_name(1)).stat().st_size
+    assert len(synced) < 200
+
+
+async def test_write_refused_by_the_disk_goes_straight_to_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = MemorySink()
+    box = outbox(tmp_path / "outbox", sink)
+
+    def full(data: bytes) -> tuple[int, int]:
+        raise OSError(28, "No space left on device")
+
+    async with asyncio.timeout(10), box:
+        monkeypatch.setattr(box, "_write_line", full)
+        box.write(make_cdr(0))
+        assert not box.caught_up()  # the fallback is under way
+        await box.wait_idle()
+        assert list(sink.rows) == [make_cdr(0).call_id]
+
+
+async def test_a_failed_fdatasync_seals_the_segment_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = ob._datasync
+    failing = True
+
+    def datasync(fd: int) -> None:
+        if failing:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(ob, "_datasync", datasync)
+    sink = MemorySink()
+    directory = tmp_path / "outbox"
+    box = outbox(directory, sink, linger_s=0)
+    async with asyncio.timeout(10), box:
+        box.write(make_cdr(0))
+        await wait_for(lambda: box.stats.sync_failures > 0)
+        failing = False
+        await box.append(make_cdr(1))  # a new segment, synced this time
+        await box.wait_idle()
+    assert sink.order == [make_cdr(0).call_id, make_cdr(1).call_id]
+    assert "fdatasync of seg-00000000000000000001.log failed" in caplog.text
+    assert "Input/output error" in caplog.text
+
+
+async def test_append_waits_for_the_fdatasync_and_reports_its_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def datasync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ob, "_datasync", datasync)
+    sink = MemorySink()
+    box = outbox(tmp_path / "outbox", sink)
+    async with asyncio.timeout(10), box:
+        # Not durable on disk: append falls back to the database at once.
+        await box.append(make_cdr(0))
+        assert list(sink.rows) == [make_cdr(0).call_id]
 
 
 def test_scan_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
