@@ -100,9 +100,12 @@ for _state in (*_LIVE, S.ENDING):
 _EDGES[(S.QUEUED, "AgentLegAnswered")] = frozenset({S.QUEUED})
 _EDGES[(S.CONNECTED, "AgentLegAnswered")] = frozenset({S.CONNECTED})
 _EDGES[(S.QUEUED, "AgentLegGone")] = frozenset({S.QUEUED})
-# Ops or the agent acting on the recording: the call flow does not move.
+# Ops or the agent acting on the recording: the call flow does not move,
+# except that "stop recording" while the caller is asked decides consent
+# (declined), which queues the caller as a digit would.
 for _state in (*_LIVE, S.ENDING):
     _EDGES[(_state, "CallCommand")] = frozenset({_state})
+_EDGES[(S.CONSENT, "CallCommand")] = frozenset({S.CONSENT, S.QUEUED, S.ENDING})
 
 CALL_TRANSITIONS: TransitionTable[CallState] = TransitionTable("call", _EDGES)
 # Table events that are the engine's own decisions rather than core events.

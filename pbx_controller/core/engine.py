@@ -739,6 +739,12 @@ class Engine:
             # Withdrawn for good, recording or not: it can never start later.
             if call.consent is not None:
                 call.consent.withdraw(now)
+                if call.state is CallState.CONSENT:
+                    # Decided while the caller was being asked, as by a digit:
+                    # cut the prompt (its end queues the caller) or queue now.
+                    if call.consent_prompt is not None:
+                        return [a.StopPlayback(call.consent_prompt)]
+                    return self._consent_decided(call, "CallCommand", now)
             return self._stop_recording(call.call_id, now, withdrawn=True)
         if recording is None or not recording.live:
             raise NotRecording(f"call {event.call_id} is not being recorded")

@@ -253,6 +253,29 @@ def test_opt_in_other_digit_declines() -> None:
     assert line.consent is ConsentState.DECLINED
 
 
+def test_stop_recording_while_the_caller_is_asked_declines_and_queues_at_once() -> None:
+    # Found by the state-machine test below: the consent timer of a caller
+    # already declined by "stop recording" fired into a decided consent.
+    line = Line(ConsentPolicy.OPT_IN)
+    line.greeting_over(3)
+    (timer,) = of(a.StartTimer, line.prompt_over(6))
+    queued = line.feed(e.CallCommand("acme", CALL, "stop_recording"), 7)
+    assert line.consent is ConsentState.DECLINED
+    assert a.CancelTimer(timer.timer_id) in queued
+    assert of(a.Originate, queued)  # queued, and its agent rings
+    assert line.feed(e.TimerFired(timer.timer_id), 11) == []  # stale: nothing happens
+    assert not of(a.RecordLeg, line.answer(12))
+
+
+def test_stop_recording_during_the_consent_prompt_cuts_it() -> None:
+    line = Line(ConsentPolicy.OPT_IN)
+    line.greeting_over(3)
+    stopped = line.feed(e.CallCommand("acme", CALL, "stop_recording"), 4)
+    assert stopped == [a.StopPlayback(f"{CALL}-pb2")]
+    assert line.consent is ConsentState.DECLINED
+    assert of(a.Originate, line.prompt_over(5, completed=False))  # its end queues
+
+
 def test_an_agent_without_consent_means_no_recording() -> None:
     line = Line(ConsentPolicy.NOTIFY, agent_consents=False)
     line.greeting_over(3)
