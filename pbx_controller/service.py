@@ -3,9 +3,10 @@
     ARI client (REST + event stream) -> dispatcher (ARI JSON -> core events
     -> engine -> actions -> executor) -> FastAGI server -> AMI client
 
-One queue feeds the dispatcher: ARI events from the websocket reader and
-the executor's own events (timers, failed actions). The dispatcher is the
-only caller of the engine, so the engine needs no locks.
+One inbox takes everything the engine reacts to: ARI events from the
+websocket reader and the executor's own events (timers, failed actions).
+It handles each at once, in arrival order, one at a time, so the engine
+needs no locks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import gc
 import logging
 import signal
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,63 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 Part = Callable[["Controller"], contextlib.AbstractAsyncContextManager[object]]
 ORPHAN_GRACE_S = 0.5
+
+
+class Inbox:
+    """ARI events and the executor's events, handled as they are put, in order.
+
+    No queue and no task: the item is handled inside `put_nowait`, which
+    saves a task switch per event (measured, A/B in one bench: 0.610 to
+    0.587 s of controller CPU per 100 calls). An item put while another is being handled (the
+    executor feeding back, say) waits its turn in `_items`. A handler may
+    return an awaitable (the resync after a connect): everything after it
+    waits until it is done, as ARI events must not overtake the resync.
+    """
+
+    def __init__(self, handle: Callable[[Any], Awaitable[None] | None]) -> None:
+        self._handle = handle
+        self._items: deque[Any] = deque()
+        self._busy = False
+        self._waiting: asyncio.Task[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if not self._busy:
+            self._drain()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def _drain(self) -> None:
+        self._busy = True
+        while self._items:
+            item = self._items.popleft()
+            try:
+                later = self._handle(item)
+            except Exception:
+                log.exception("controller failed on %r", item)
+                continue
+            if later is not None:
+                self._waiting = asyncio.get_running_loop().create_task(self._resume_after(later))
+                return  # still busy: what comes meanwhile waits in _items
+        self._busy = False
+
+    async def _resume_after(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise  # shutting down: nothing more is handled
+        except Exception:
+            log.exception("controller failed while resyncing")
+        self._waiting = None
+        self._drain()
+
+    async def close(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waiting
+            self._waiting = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +166,7 @@ class Controller:
         self.settings = settings
         self.engine = Engine(directory)
         self.clock = clock
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.inbox = Inbox(self._take)
         self.ari = AriClient(
             settings.ari.url,
             settings.ari.username,
@@ -153,9 +211,9 @@ class Controller:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.ari.close)
             stack.push_async_callback(self._finish_actions)
+            stack.push_async_callback(self.inbox.close)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.ari.run_events(), name="ari-events")
-                group.create_task(self._dispatch(), name="dispatcher")
                 try:
                     async with asyncio.timeout(connect_timeout_s):
                         await self.ari.connected.wait()
@@ -219,19 +277,17 @@ class Controller:
         """Queue an event from inside the process (timers, failed actions)."""
         self.inbox.put_nowait(event)
 
-    async def _dispatch(self) -> None:
-        while True:
-            item = await self.inbox.get()
-            if isinstance(item, StreamConnected):
-                await self._adopt_or_resync(item.reconnect)
-            elif isinstance(item, StreamDisconnected):
-                continue
-            elif isinstance(item, _OrphanCandidates):
-                self._release_orphans(item)
-            elif isinstance(item, dict):
-                self._on_ari_event(item)
-            else:
-                self._handle(item)
+    def _take(self, item: Any) -> Awaitable[None] | None:
+        """The inbox's handler: an ARI event dict, a core event, or a marker."""
+        if isinstance(item, dict):
+            self._on_ari_event(item)
+        elif isinstance(item, StreamConnected):
+            return self._adopt_or_resync(item.reconnect)
+        elif isinstance(item, _OrphanCandidates):
+            self._release_orphans(item)
+        elif not isinstance(item, StreamDisconnected):
+            self._handle(item)
+        return None
 
     def _on_ari_event(self, raw: dict[str, Any]) -> None:
         channel = raw.get("channel")

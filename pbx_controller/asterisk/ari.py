@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -115,6 +115,12 @@ class StreamDisconnected:
     reason: str
 
 
+class EventSink(Protocol):
+    """Where the websocket reader puts what it receives (an asyncio.Queue will do)."""
+
+    def put_nowait(self, item: Any) -> None: ...
+
+
 # -- the client ------------------------------------------------------------------
 
 
@@ -129,7 +135,7 @@ class AriClient:
         heartbeat_s: float = 5.0,
         reconnect_max_s: float = 5.0,
         request_timeout_s: float = 5.0,
-        events: asyncio.Queue[Any] | None = None,
+        events: EventSink | None = None,
         rest_over_websocket: bool = False,
     ) -> None:
         self.base_url = url.rstrip("/")
@@ -141,8 +147,9 @@ class AriClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         # Items: ARI event dicts, StreamConnected, StreamDisconnected. The
-        # service may pass its own queue to merge other inputs into one stream.
-        self.events: asyncio.Queue[Any] = events if events is not None else asyncio.Queue()
+        # service passes its inbox, which handles each at once; by default
+        # they queue up for whoever awaits them.
+        self.events: EventSink = events if events is not None else asyncio.Queue()
         self.connected = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._closing = False
