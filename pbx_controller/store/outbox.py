@@ -70,6 +70,7 @@ import enum
 import fcntl
 import json
 import logging
+import operator
 import os
 import re
 import threading
@@ -171,6 +172,9 @@ class _Field:
     kind: Any  # str, int, datetime, an Enum class, or a _Items
     optional: bool
     has_default: bool
+    # Its JSON form from a value that is not None; None: the value itself.
+    # Chosen once per field, not per record: a CDR is encoded on every call.
+    dump: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,13 +213,19 @@ def _schema(cls: type) -> tuple[_Field, ...]:
         has_default = (
             f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         )
-        out.append(_Field(f.name, kind, optional, has_default))
+        out.append(_Field(f.name, kind, optional, has_default, _dumper(kind)))
     return tuple(out)
 
 
-# Derived from the dataclass, so a field added to CdrRecord is carried (and
-# a type with no JSON form fails at import, not in production).
-_FIELDS = _schema(CdrRecord)
+def _dumper(kind: Any) -> Callable[[Any], Any] | None:
+    if isinstance(kind, _Items):
+        fields = kind.fields
+        return lambda items: [_dump(item, fields) for item in items]
+    if kind is datetime:
+        return _iso_ms
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return operator.attrgetter("value")
+    return None
 
 
 def _iso_ms(value: datetime) -> str:
@@ -230,17 +240,13 @@ def _dump(obj: Any, fields: tuple[_Field, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
         value = getattr(obj, f.name)
-        if value is None:
-            out[f.name] = None
-        elif isinstance(f.kind, _Items):
-            out[f.name] = [_dump(item, f.kind.fields) for item in value]
-        elif f.kind is datetime:
-            out[f.name] = _iso_ms(value)
-        elif issubclass(f.kind, enum.Enum):
-            out[f.name] = value.value
-        else:
-            out[f.name] = value
+        out[f.name] = value if value is None or f.dump is None else f.dump(value)
     return out
+
+
+# Derived from the dataclass, so a field added to CdrRecord is carried (and
+# a type with no JSON form fails at import, not in production).
+_FIELDS = _schema(CdrRecord)
 
 
 def _load(data: Any, cls: type, fields: tuple[_Field, ...], where: str) -> Any:
