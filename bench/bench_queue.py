@@ -83,10 +83,14 @@ BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capac
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only:
 BENCH_BASELINE=PATH (the controller of another checkout at PATH, e.g. a
-`git worktree` of main, runs as a third side in every round: an A/B),
+`git worktree` of main, runs as a third side in every round: an A/B;
+BENCH_BASELINE_ENV="K=V ..." is set for that side only, so a checkout can
+also be compared with itself under other settings),
 BENCH_CPROFILE=PATH (the controller process under cProfile, its stats in
 PATH.<pid>), BENCH_STORE=memory (no database writes in the controller;
 "no-cdr-db": the CDR outbox's files but no upsert; "no-agent-log"),
+BENCH_LINGER_S (how long the CDR outbox and the agent log gather rows
+before a database write; their own default otherwise),
 PBX_AMI__ENABLED=false (no AMI part).
 """
 
@@ -139,6 +143,16 @@ BASELINE_SIDE = "baseline"
 # (an A/B of a change under the same load and the same box noise).
 _BASELINE_PATH = os.environ.get("BENCH_BASELINE")
 BASELINE = Path(_BASELINE_PATH).resolve() if _BASELINE_PATH else None
+
+
+def baseline_env() -> dict[str, str]:
+    """The baseline side's environment: its checkout first on the path, and
+    BENCH_BASELINE_ENV ("K=V K=V") on top (a variant of the same code)."""
+    env = {"PYTHONPATH": str(BASELINE)}
+    for pair in os.environ.get("BENCH_BASELINE_ENV", "").split():
+        key, _, value = pair.partition("=")
+        env[key] = value
+    return env
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -508,12 +522,17 @@ async def controller_child() -> None:
     else:  # as pbxctl serve: the durable outbox in front of the database, the state log
         # Diagnostics: "no-cdr-db" (the outbox's files, no upsert), "no-agent-log".
         cdr_sink: Any = MemoryStore() if store == "no-cdr-db" else DatabaseCdrSink(sessions)
-        outbox = CdrOutbox(settings.data_dir / "outbox", cdr_sink, database_url=url)
+        linger = (
+            {"linger_s": float(os.environ["BENCH_LINGER_S"])}
+            if "BENCH_LINGER_S" in os.environ
+            else {}
+        )
+        outbox = CdrOutbox(settings.data_dir / "outbox", cdr_sink, database_url=url, **linger)
         await outbox.open()
         if store == "no-agent-log":
             agent_log = MemoryAgentLog()
         else:
-            agent_log = DatabaseAgentLog(sessions)
+            agent_log = DatabaseAgentLog(sessions, **linger)
             agent_log.start()
         outbox.start()
     probe: Probe | None = None
@@ -787,7 +806,7 @@ class Bench:
     async def start_controller(self, side: str = CONTROLLER) -> None:
         env = {
             **os.environ,
-            **({"PYTHONPATH": str(BASELINE)} if side == BASELINE_SIDE else {}),
+            **(baseline_env() if side == BASELINE_SIDE else {}),
             **self.asterisk.endpoints.controller_env(),
             "PBX_DATABASE__URL": f"sqlite+aiosqlite:///{self.workdir / 'pbx.db'}",
             "PBX_DATA_DIR": str(self.workdir / "var"),

@@ -191,10 +191,13 @@ class AriClient:
         path: str,
         params: Mapping[str, str | int] | None = None,
         body: Json | None = None,
+        *,
+        parse: bool = True,
     ) -> Any:
+        """The answer's JSON body, or None (no body, or `parse` is false)."""
         ws = self._ws
         if self.rest_over_websocket and ws is not None and not ws.closed:
-            return await self._request_over_websocket(ws, method, path, params, body)
+            return await self._request_over_websocket(ws, method, path, params, body, parse)
         query = {k: str(v) for k, v in (params or {}).items()}
         try:
             async with self.session.request(
@@ -203,7 +206,7 @@ class AriClient:
                 text = await response.text()
                 if response.status >= 400:
                     raise _error_for(response.status, path, text)
-                if not text:
+                if not text or not parse:
                     return None
                 return json.loads(text)
         except AriError:
@@ -220,6 +223,7 @@ class AriClient:
         path: str,
         params: Mapping[str, str | int] | None,
         body: Json | None,
+        parse: bool = True,
     ) -> Any:
         """One RESTRequest frame out, its RESTResponse back through the reader:
         no HTTP parsing or authentication per request on either side."""
@@ -235,12 +239,14 @@ class AriClient:
         if body is not None:
             message["content_type"] = "application/json"
             message["message_body"] = json.dumps(body)
-        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Json] = loop.create_future()
         self._pending[request_id] = future
+        # A plain timer on the future: lighter than asyncio.timeout() per request.
+        expiry = loop.call_later(self._timeout.total or 30.0, _expire, future)
         try:
             await ws.send_str(json.dumps(message))
-            async with asyncio.timeout(self._timeout.total):
-                response = await future
+            response = await future
         except TimeoutError:
             raise AriUnavailable(
                 f"ARI {method} {path}: no answer over the websocket", path=path
@@ -250,6 +256,7 @@ class AriClient:
                 f"ARI {method} {path}: {type(exc).__name__}: {exc}", path=path
             ) from exc
         finally:
+            expiry.cancel()
             self._pending.pop(request_id, None)
         status = response.get("status_code")
         text = response.get("message_body") or ""
@@ -257,7 +264,7 @@ class AriClient:
             raise AriUnavailable(f"ARI {method} {path}: malformed RESTResponse", path=path)
         if status >= 400:
             raise _error_for(status, path, text)
-        return json.loads(text) if text else None
+        return json.loads(text) if text and parse else None
 
     async def check_rest_over_websocket(self, timeout_s: float = 1.0) -> bool:
         """Ask Asterisk something over the websocket once connected. An
@@ -320,13 +327,14 @@ class AriClient:
             {"context": context, "extension": extension, "priority": priority},
         )
 
-    async def play(self, channel_id: str, playback_id: str, media: Iterable[str]) -> Json:
-        result: Json = await self.request(
+    async def play(self, channel_id: str, playback_id: str, media: Iterable[str]) -> None:
+        # The playback's JSON is not read: its id is ours, its events follow.
+        await self.request(
             "POST",
             f"/channels/{_p(channel_id)}/play/{_p(playback_id)}",
             {"media": ",".join(media)},
+            parse=False,
         )
-        return result
 
     async def stop_playback(self, playback_id: str) -> None:
         await self.request("DELETE", f"/playbacks/{_p(playback_id)}")
@@ -346,9 +354,10 @@ class AriClient:
         timeout_s: int = 30,
         variables: Mapping[str, str] | None = None,
         originator: str | None = None,
-    ) -> Json:
+    ) -> None:
         """Originate into our app. Choose the ids yourself and arm any waiter
-        *before* calling: StasisStart can arrive before this returns."""
+        *before* calling: StasisStart can arrive before this returns (the
+        channel's JSON in the answer is not read: its StasisStart tells more)."""
         params: dict[str, str | int] = {
             "endpoint": endpoint,
             "app": self.app,
@@ -362,8 +371,7 @@ class AriClient:
         if originator:
             params["originator"] = originator
         body = {"variables": dict(variables)} if variables else None
-        result: Json = await self.request("POST", f"/channels/{_p(channel_id)}", params, body)
-        return result
+        await self.request("POST", f"/channels/{_p(channel_id)}", params, body, parse=False)
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self.request(
@@ -518,6 +526,11 @@ class AriClient:
     def _backoff(self, attempt: int) -> float:
         # A fast first retry: calls are refused while no websocket is connected.
         return backoff_s(attempt, 0.05, self._reconnect_max)
+
+
+def _expire(future: asyncio.Future[Json]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _record_params(name: str, fmt: str) -> dict[str, str | int]:
