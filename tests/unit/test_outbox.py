@@ -701,6 +701,48 @@ async def test_append_waits_for_the_fdatasync_and_reports_its_failure(
         assert list(sink.rows) == [make_cdr(0).call_id]
 
 
+async def test_the_writer_delivers_fresh_appends_without_reading_them_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    real = ob._read_segment
+
+    def counted(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        result = real(*args, **kwargs)
+        reads.append(len(result.frames))
+        return result
+
+    sink = MemorySink()
+    box = outbox(tmp_path / "outbox", sink, linger_s=0.05)
+    cdrs = [make_cdr(i) for i in range(40)]
+    async with asyncio.timeout(10), box:
+        monkeypatch.setattr(ob, "_read_segment", counted)
+        for cdr in cdrs:
+            box.write(cdr)
+            await asyncio.sleep(0.002)
+        await box.wait_idle()
+    assert sink.order == [c.call_id for c in cdrs]
+    assert sum(reads) == 0  # not one record read back from disk
+
+
+async def test_appends_beyond_what_is_kept_in_memory_are_read_from_disk(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.down = True
+    box = outbox(tmp_path / "outbox", sink, batch_size=4, max_segment_bytes=3000)
+    box.fresh_max = 5
+    cdrs = [make_cdr(i) for i in range(30)]
+    async with asyncio.timeout(10), box:
+        for cdr in cdrs:
+            box.write(cdr)
+        await wait_for(lambda: sink.failures > 0)
+        sink.down = False  # back: the oldest 25 come from disk, the rest from memory
+        await box.wait_idle()
+    assert sink.order == [c.call_id for c in cdrs]
+    assert box.stats.delivered == 30
+
+
 def test_scan_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
     assert scan_outbox(tmp_path / "nothing").pending == []
 
