@@ -347,7 +347,8 @@ class Engine:
         self._move(call, via, CallState.QUEUED)
         if not queue.admits(waiting_here):
             return self._overflow(call, now, "max_callers")
-        if self.board.staffed(queue.id) == 0 and any(r.when_unstaffed for r in queue.overflow):
+        # The rule first: counting the staff scans every agent.
+        if any(r.when_unstaffed for r in queue.overflow) and self.board.staffed(queue.id) == 0:
             return self._overflow(call, now, "unstaffed")
         self.waiting[call.call_id] = WaitingCall(
             call.call_id, queue.id, now, call.priority, call.seq
