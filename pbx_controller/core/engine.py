@@ -392,6 +392,11 @@ class Engine:
         return [] if timer is None else [a.CancelTimer(timer)]
 
     @staticmethod
+    def _cancel_queue_timers(call: Call) -> list[a.Action]:
+        timers, call.queue_timers = call.queue_timers, []
+        return [a.CancelTimer(t) for t in timers]
+
+    @staticmethod
     def _queue_timer(call: Call, kind: str, delay_ms: int) -> a.StartTimer:
         # Remembered, so leaving the queue (overflow elsewhere) cancels them.
         timer = a.StartTimer(call.timer_id(kind), delay_ms)
@@ -459,8 +464,6 @@ class Engine:
             None,
         )
         actions = self._leave_queue(call, now)
-        actions += [a.CancelTimer(t) for t in call.queue_timers]
-        call.queue_timers.clear()
         target = self.directory.queues.get(rule.queue_id) if rule and rule.queue_id else None
         # Another queue of the same tenant, once per queue (no A -> B -> A loops).
         if (
@@ -510,7 +513,11 @@ class Engine:
     def _leave_queue(self, call: Call, now: datetime) -> list[a.Action]:
         """The caller is gone or handed back: drop its place and its offers."""
         self.waiting.pop(call.call_id, None)
-        actions: list[a.Action] = [*self._cancel_ring_timer(call), *self._cancel_hold_timer(call)]
+        actions: list[a.Action] = [
+            *self._cancel_ring_timer(call),
+            *self._cancel_hold_timer(call),
+            *self._cancel_queue_timers(call),
+        ]
         if call.consent_timer is not None:
             actions.append(a.CancelTimer(call.consent_timer))
             call.consent_timer = None
@@ -594,6 +601,7 @@ class Engine:
         return [
             *actions,
             *self._cancel_ring_timer(call),
+            *self._cancel_queue_timers(call),  # no overflow, relaxing or announcing now
             *self._music_off(call),
             a.Bridge(call.bridge_id, (call.channel_id, event.channel_id)),
             *self._start_recording(call, event.agent_id, event.channel_id, now),

@@ -220,6 +220,8 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
     answered = desk.answer(1, leg=1, agent_id="ann", when=8)
     assert answered[1:] == [
         a.CancelTimer("call-1/ring/2"),
+        # Connected: the queue's max wait will not fire into the call later.
+        a.CancelTimer("call-1/maxwait/1"),
         a.StopMoh("chan-1"),
         a.Bridge("call-1-bridge", ("chan-1", "call-1-leg1")),
     ]
@@ -575,6 +577,13 @@ def test_the_caller_hanging_up_while_legs_ring_cancels_every_offer() -> None:
     assert cdr.answered_at is None
     assert cdr.wait_ms == 3_200
     assert outcomes(cdr) == {(who, "cancelled") for who in ("ann", "bob", "cat")}
+
+
+def test_a_caller_who_hangs_up_while_waiting_leaves_no_queue_timer_behind() -> None:
+    desk = Desk([sales(max_wait_ms=120_000)], [agent("ann", "sales")])  # ann not logged in
+    maxwait = timer(desk.queue_call(1, when=3), "maxwait")
+    gone = desk.caller_hangs_up(1, when=6)
+    assert a.CancelTimer(maxwait.timer_id) in gone
 
 
 # -- cross-queue fairness ---------------------------------------------------------------------
