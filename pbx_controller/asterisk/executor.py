@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from pbx_controller.asterisk.ari import (
@@ -35,9 +35,11 @@ SNOOP_RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class CdrSink(Protocol):
-    """Takes a CDR at once (the outbox appends it; delivery is its own business)."""
+    """Takes a CDR: at once (the outbox appends it; delivery is its own
+    business), or by returning an awaitable that the executor sees through
+    (a sink straight to the database: the demo, tests)."""
 
-    def write(self, cdr: CdrRecord) -> None: ...
+    def write(self, cdr: CdrRecord) -> Awaitable[None] | None: ...
 
 
 class AgentLogSink(Protocol):
@@ -268,7 +270,16 @@ class Executor:
 
     def _emit_cdr(self, cdr: CdrRecord) -> None:
         try:
-            self.cdrs.write(cdr)
+            pending = self.cdrs.write(cdr)
+        except Exception:
+            log.exception("CDR %s could not be written", cdr.call_id)
+            return
+        if pending is not None:
+            self._spawn(self._finish_cdr(pending, cdr))
+
+    async def _finish_cdr(self, pending: Awaitable[None], cdr: CdrRecord) -> None:
+        try:
+            await pending
         except Exception:
             log.exception("CDR %s could not be written", cdr.call_id)
 
