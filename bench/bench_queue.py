@@ -352,6 +352,7 @@ class Probe:
         from pbx_controller.core import events as e
 
         self._a, self._e = a, e
+        self._ari = controller.ari  # its own counters: no wrapper per request
         self.reset()
         controller.observers.append(self.observe)
         inbox = controller.inbox
@@ -359,7 +360,6 @@ class Probe:
 
         def put_nowait(item: Any) -> None:
             if isinstance(item, dict):
-                self.ari_events += 1
                 kind = item.get("type")
                 if kind == "PlaybackFinished":
                     target = str(item.get("playback", {}).get("target_uri", ""))
@@ -381,13 +381,6 @@ class Probe:
             self.bridged[channel_ids[0]] = time.time()
 
         ari.add_to_bridge = timed_add_to_bridge
-        request = ari.request
-
-        async def counted_request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-            self.ari_requests += 1
-            return await request(method, path, *args, **kwargs)
-
-        ari.request = counted_request  # every REST verb of the client goes through it
         from pbx_controller.asterisk import ami
 
         dispatch = ami._Manager.dispatch
@@ -405,7 +398,8 @@ class Probe:
         self.leg_handled: dict[str, tuple[float, str, str]] = {}  # caller -> (t, leg, call id)
         self.bridged: dict[str, float] = {}
         self.cdrs: list[tuple[str, str, int]] = []  # call id, disposition, talk ms
-        self.ari_requests = self.ari_events = self.ami_events = 0
+        self.ami_events = 0
+        self.counted_from = (self._ari.requests_sent, self._ari.events_received)
 
     def observe(self, event: Any, actions: list[Any]) -> None:
         now = time.time()
@@ -442,7 +436,11 @@ class Probe:
         result = {
             "calls": calls,
             "cdrs": self.cdrs,
-            "traffic": [self.ari_requests, self.ari_events, self.ami_events],
+            "traffic": [
+                self._ari.requests_sent - self.counted_from[0],
+                self._ari.events_received - self.counted_from[1],
+                self.ami_events,
+            ],
         }
         self.reset()
         return result

@@ -400,7 +400,7 @@ def agent_json(status: AgentStatus, engine: Engine, tenant: str | None) -> Json:
 
 
 def render_metrics(controller: Controller) -> str:
-    """Prometheus text exposition, by hand (no client library needed for five series)."""
+    """Prometheus text exposition, by hand (no client library needed for a few series)."""
     engine = controller.engine
     waiting: dict[str, int] = dict.fromkeys(engine.directory.queues, 0)
     for call in engine.waiting.values():
@@ -437,6 +437,20 @@ def render_metrics(controller: Controller) -> str:
         "counter",
         "ARI event stream reconnects since start.",
         [({}, controller.reconnects)],
+    )
+    _family(
+        lines,
+        "pbx_ari_requests_total",
+        "counter",
+        "ARI requests sent since start.",
+        [({}, controller.ari.requests_sent)],
+    )
+    _family(
+        lines,
+        "pbx_ari_events_total",
+        "counter",
+        "ARI events received since start (after the app's event filter).",
+        [({}, controller.ari.events_received)],
     )
     _family(
         lines,

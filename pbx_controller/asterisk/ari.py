@@ -157,6 +157,9 @@ class AriClient:
         self.rest_over_websocket = rest_over_websocket
         self._pending: dict[str, asyncio.Future[Json]] = {}
         self._request_ids = itertools.count(1)
+        # Counters for /metrics (and the bench's per-call traffic figures).
+        self.requests_sent = 0
+        self.events_received = 0
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -195,6 +198,7 @@ class AriClient:
         parse: bool = True,
     ) -> Any:
         """The answer's JSON body, or None (no body, or `parse` is false)."""
+        self.requests_sent += 1
         ws = self._ws
         if self.rest_over_websocket and ws is not None and not ws.closed:
             return await self._request_over_websocket(ws, method, path, params, body, parse)
@@ -501,6 +505,7 @@ class AriClient:
                             if isinstance(data, dict) and data.get("type") == "RESTResponse":
                                 self._answered(data)
                             else:
+                                self.events_received += 1
                                 self.events.put_nowait(data)
                         elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                             break

@@ -189,6 +189,10 @@ async def test_health_and_metrics(api: Api) -> None:
     }
     assert sample(samples, "pbx_ari_connected") == 1
     assert sample(samples, "pbx_ari_reconnects_total") == 0
+    # Start-up asked Asterisk things (the event filter, the channels in our app).
+    ari = api.controller.ari
+    assert sample(samples, "pbx_ari_requests_total") == ari.requests_sent >= 2
+    assert sample(samples, "pbx_ari_events_total") == ari.events_received
     # Errors are JSON too.
     status, body = await api.get("/nowhere")
     assert status == 404
