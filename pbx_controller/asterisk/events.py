@@ -70,7 +70,11 @@ def _cause(event: dict[str, Any]) -> int:
 
 
 def _hangup_request(event: dict[str, Any]) -> e.Event:
-    return e.HangupRequested(_str(event, "channel", "id"), _cause(event))
+    # "soft" is set for a hang-up Asterisk was asked for (CLI, ARI, shutdown);
+    # a far end's BYE is queued without it.
+    return e.HangupRequested(
+        _str(event, "channel", "id"), _cause(event), by_system=event.get("soft") is True
+    )
 
 
 def _channel_destroyed(event: dict[str, Any]) -> e.Event:

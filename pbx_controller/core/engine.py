@@ -129,7 +129,7 @@ class Engine:
             case e.DtmfReceived():
                 return self._caller_digit(call, event, now)
             case e.HangupRequested():
-                return self._hangup_requested(call, now)
+                return self._hangup_requested(call, event, now)
             case e.ActionFailed():
                 return self._action_failed(call, event, now)
             case e.TimerFired():
@@ -215,15 +215,19 @@ class Engine:
             return self._music_on(call)
         return self._move(call, "PlaybackFinished", call.state)
 
-    def _hangup_requested(self, call: Call, now: datetime) -> list[a.Action]:
+    def _hangup_requested(
+        self, call: Call, event: e.HangupRequested, now: datetime
+    ) -> list[a.Action]:
         state = call.state
+        # Ops or a PBX shutdown hanging the caller up is not the caller's doing.
+        side = HangupSide.SYSTEM if event.by_system else HangupSide.CALLER
         if state in (CallState.GREETING, CallState.CONSENT, CallState.QUEUED, CallState.OFFERING):
-            call.disposition = Disposition.ABANDONED
-            call.hangup_side = HangupSide.CALLER
+            call.disposition = Disposition.FAILED if event.by_system else Disposition.ABANDONED
+            call.hangup_side = side
             self._move(call, "HangupRequested", CallState.ENDING)
             return self._leave_queue(call, now)
         if state is CallState.CONNECTED:
-            call.hangup_side = HangupSide.CALLER
+            call.hangup_side = side
             self._move(call, "HangupRequested", CallState.ENDING)
             return self._end_agent_side(call, now)
         return self._move(call, "HangupRequested", state)

@@ -95,6 +95,9 @@ class HangupRequested:
 
     channel_id: str
     cause: int = 16
+    # Asterisk's own request (ops hanging it up, a shutdown, our own DELETE;
+    # ARI's "soft"), not the far end's: the caller did not abandon.
+    by_system: bool = False
 
 
 @dataclass(frozen=True, slots=True)

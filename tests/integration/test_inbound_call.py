@@ -117,3 +117,17 @@ async def test_caller_hanging_up_during_greeting_is_abandoned(asterisk, controll
     assert cdr.disposition is Disposition.ABANDONED
     assert cdr.hangup_side is HangupSide.CALLER
     assert not watcher.actions(a.Hangup)
+
+
+async def test_ops_hanging_up_a_caller_is_the_system_not_an_abandon(asterisk, controller) -> None:
+    # The same moment, but Asterisk is asked to hang up the channel in our
+    # app itself (ops' CLI; a shutdown does the same): a soft hang-up.
+    watcher = watch(controller)
+    place_call(asterisk, "1002")
+    arrived = (await watcher.wait_for(lambda: watcher.events(e.CallArrived)))[0]
+    await watcher.wait_for(lambda: watcher.actions(a.Play))
+    name = (await controller.ari.get_channel(arrived.channel_id))["name"]
+    await asyncio.to_thread(asterisk.cli, f"channel request hangup {name}")
+    cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr)))[0].cdr
+    assert cdr.disposition is Disposition.FAILED
+    assert cdr.hangup_side is HangupSide.SYSTEM

@@ -206,8 +206,16 @@ def test_dtmf_duration_of_the_wrong_type_is_zero() -> None:
 
 @pytest.mark.parametrize(("cause", "expected"), [(16, 16), (17, 17), (None, 16), ("x", 16)])
 def test_hangup_request(cause: object, expected: int) -> None:
-    event = ari("ChannelHangupRequest", cause=cause, soft=True, channel=channel(state="Up"))
+    event = ari("ChannelHangupRequest", cause=cause, channel=channel(state="Up"))
     assert translate(event) == e.HangupRequested("1741000000.42", expected)
+
+
+@pytest.mark.parametrize(("soft", "by_system"), [(True, True), (False, False), ("yes", False)])
+def test_a_soft_hangup_request_is_asterisk_s_own(soft: object, by_system: bool) -> None:
+    # Measured on Asterisk 22: "soft": true for `channel request hangup` and
+    # an ARI DELETE; absent when the far end hangs up (a Local channel's).
+    event = ari("ChannelHangupRequest", cause=32, soft=soft, channel=channel(state="Up"))
+    assert translate(event) == e.HangupRequested("1741000000.42", 32, by_system=by_system)
 
 
 def test_hangup_request_without_a_cause() -> None:

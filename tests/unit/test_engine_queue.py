@@ -312,6 +312,26 @@ def test_who_hung_up_first_is_the_hangup_side(side: HangupSide) -> None:
     assert (cdr.answered_at, cdr.talk_ms) == (at(10), 30_000)
 
 
+def test_a_waiting_caller_hung_up_by_asterisk_itself_did_not_abandon() -> None:
+    # Ops' `channel request hangup`, or a PBX shutdown: a soft hang-up.
+    desk = Desk([sales()], [agent("ann", "sales")])  # nobody logged in: the caller waits
+    desk.queue_call(1, when=0)
+    desk.feed(e.HangupRequested("chan-1", 32, by_system=True), 20)
+    cdr = desk.caller_leaves(1, when=20.1)
+    assert (cdr.disposition, cdr.hangup_side) == (Disposition.FAILED, HangupSide.SYSTEM)
+
+
+def test_a_connected_call_hung_up_by_asterisk_itself_ends_on_the_system_side() -> None:
+    desk = Desk([sales()], [agent("ann", "sales")])
+    desk.login("ann")
+    desk.queue_call(1, when=0)
+    desk.answer(1, leg=1, agent_id="ann", when=10)
+    actions = desk.feed(e.HangupRequested("chan-1", 32, by_system=True), 40)
+    assert a.Hangup("call-1-leg1") in actions
+    cdr = desk.caller_leaves(1, when=40.1)
+    assert (cdr.disposition, cdr.hangup_side) == (Disposition.ANSWERED, HangupSide.SYSTEM)
+
+
 # -- ring-all --------------------------------------------------------------------------------
 
 
