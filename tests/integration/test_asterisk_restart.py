@@ -49,3 +49,21 @@ async def test_asterisk_crash_mid_call(fresh_asterisk) -> None:
         fresh_asterisk.cli("channel originate Local/3002@pbx-inbound application Wait 5")
         await watcher.wait_for(lambda: len(watcher.actions(a.EmitCdr)) == 2, timeout=15)
     assert [r.disposition for r in sink.records] == [Disposition.FAILED, Disposition.SERVED]
+
+
+async def test_asterisk_stopped_by_ops_mid_call(fresh_asterisk) -> None:
+    """`core stop now`: Asterisk hangs its callers up itself. The CDR says so
+    (failed, system side), not that the caller abandoned."""
+    sink = LoggingCdrSink()
+    async with Controller(controller_settings(fresh_asterisk), DIRECTORY, sink) as controller:
+        watcher = watch(controller)
+        fresh_asterisk.cli("channel originate Local/3001@pbx-inbound application Wait 30")
+        arrived = (await watcher.wait_for(lambda: watcher.events(e.CallArrived)))[0]
+        await watcher.wait_for(lambda: watcher.actions(a.Play))
+
+        await asyncio.to_thread(fresh_asterisk.restart)
+
+        cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr), timeout=20))[0].cdr
+        assert cdr.call_id == arrived.call_id
+        assert (cdr.disposition, cdr.hangup_side) == (Disposition.FAILED, HangupSide.SYSTEM)
+        assert watcher.events(e.HangupRequested)[0].by_system
