@@ -38,7 +38,13 @@ from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
 from pbx_controller.core.agent import NotAMember, UnknownAgent
 from pbx_controller.core.cdr import CdrRecord
-from pbx_controller.core.engine import FALLBACK_CONTEXT, Engine, NotRecording, UnknownCall
+from pbx_controller.core.engine import (
+    AGENT_ROLE,
+    FALLBACK_CONTEXT,
+    Engine,
+    NotRecording,
+    UnknownCall,
+)
 from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import Directory
 from pbx_controller.core.recording import SNOOP_ROLE
@@ -410,10 +416,15 @@ class Controller:
         for channel in candidates.channels:
             if channel["id"] in self._seen_channels:
                 continue
-            if _is_snoop(channel):
+            role = _stasis_role(channel)
+            if role in (SNOOP_ROLE, AGENT_ROLE):
                 # A recording leg of a call the earlier run lost: stop it
                 # (hanging up the snoop ends its recording); never resume one.
-                log.warning("snoop channel %s left by an earlier run; hanging it up", channel["id"])
+                # An agent's leg: its caller goes to the fallback, the agent
+                # is hung up (the fallback's words are for callers).
+                log.warning(
+                    "%s channel %s left by an earlier run; hanging it up", role, channel["id"]
+                )
                 self.executor.submit([a.Hangup(channel["id"])])
                 continue
             log.warning(
@@ -436,9 +447,10 @@ class Controller:
         return dialplan.get("app_name") == "Stasis" and data.split(",", 1)[0] == self.ari.app
 
 
-def _is_snoop(channel: dict[str, Any]) -> bool:
+def _stasis_role(channel: dict[str, Any]) -> str:
+    """The role our Stasis() arguments gave a channel: inbound, agent, snoop."""
     data = str((channel.get("dialplan") or {}).get("app_data", "")).split(",")
-    return len(data) > 1 and data[1] == SNOOP_ROLE
+    return data[1] if len(data) > 1 else ""
 
 
 def freeze_startup_heap() -> None:

@@ -17,7 +17,7 @@ import os
 import random
 import uuid
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -676,12 +676,13 @@ async def test_sipp_caller_and_phone_streaming_rtp_are_recorded_in_stereo(
     assert goertzel(window(right, *middle), CALLER_HZ) < 100
 
 
-async def test_a_restarted_controller_stops_the_recordings_it_lost(
+async def test_a_restarted_controller_stops_the_recordings_and_agent_legs_it_lost(
     asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
 ) -> None:
     """The controller dies mid-call (its task is cancelled: no stop is sent).
     The next run finds the snoop channels in its app and hangs them up, so
-    nothing goes on being recorded that no run can stop or withdraw."""
+    nothing goes on being recorded that no run can stop or withdraw. The
+    agent's leg is hung up too; the caller goes to the fallback."""
     async with desk(asterisk, caller_app, tmp_path, directory(ConsentPolicy.NOTIFY)) as d:
         caller = await d.call()
         await caller.until(CallState.CONNECTED, 20)
@@ -694,8 +695,26 @@ async def test_a_restarted_controller_stops_the_recordings_it_lost(
         # Gone without a word: no StopRecording reaches Asterisk.
         d.controller.executor.submit = lambda actions: None  # type: ignore[method-assign]
     assert "snoop" in asterisk.cli("core show channels concise")
-    async with desk(asterisk, caller_app, tmp_path / "second", directory(ConsentPolicy.NOTIFY)):
+    agent_leg = d.controller.engine.calls[caller.id].agent_channel
+    assert agent_leg is not None
+    second = tmp_path / "second"
+    async with desk(asterisk, caller_app, second, directory(ConsentPolicy.NOTIFY)) as d2:
+        # Everything the second run asks of Asterisk (its orphan sweep runs
+        # ORPHAN_GRACE_S after it connected: after this line).
+        submitted: list[a.Action] = []
+        submit = d2.controller.executor.submit
+
+        def spy(actions: Iterable[a.Action]) -> None:
+            actions = list(actions)
+            submitted.extend(actions)
+            submit(actions)
+
+        d2.controller.executor.submit = spy  # type: ignore[method-assign]
         await wait_until(lambda: "snoop" not in asterisk.cli("core show channels concise"), 10)
+        # The agent's leg is hung up; only the caller goes to the fallback.
+        await wait_until(lambda: a.Hangup(agent_leg) in submitted, 10)
+        fallback = {x.channel_id for x in submitted if isinstance(x, a.ContinueInDialplan)}
+        assert fallback == {caller.inner}
     legs = sorted(asterisk.recording_dir.glob(f"{caller.id}*"))
     assert [p.name for p in legs] == [f"{caller.id}-agent.wav", f"{caller.id}-caller.wav"]
     sizes = [p.stat().st_size for p in legs]
