@@ -72,7 +72,10 @@ one without exactly one CDR saying `answered`).
 
 Capacity: with 0.3 s of talk each side steps through BENCH_RATES until p99
 reaches 50 ms or a call is lost; it reports the highest offered rate below
-that, and the step past the knee. A step that falls a second behind (more
+that, and the step past the knee. A step past the limit is run once more
+(a single disturbance of this shared box is not a knee); a step that held
+the second time counts as held, and both attempts are printed and listed
+in the JSON line. A step that falls a second behind (more
 calls sent than bridged by a second's worth) stops sending: past the knee
 both sides fall behind by whole seconds, and what they leave would spoil
 the next step. The agents bound it too: 50 agents talking 0.3 s serve at
@@ -1026,26 +1029,38 @@ HEADER = (
 )
 
 
+def held(run: Run) -> bool:
+    return run.p99 is not None and run.p99 < P99_LIMIT_MS and not run.lost
+
+
 def capacity_of(runs: list[Run]) -> tuple[float | None, Run | None]:
     """The highest offered rate whose p99 stayed under the limit, stepping up
-    until the first step that did not; and that step."""
+    until the first step that did not (twice, see `capacity`); and that step."""
     best: float | None = None
-    for run in runs:
-        if run.p99 is None or run.p99 >= P99_LIMIT_MS or run.lost:
-            return best, run
-        best = max(best or 0.0, run.offered_rate)
+    for i, run in enumerate(runs):
+        if held(run):
+            best = max(best or 0.0, run.offered_rate)
+        elif i + 1 == len(runs) or runs[i + 1].nominal_rate != run.nominal_rate:
+            return best, run  # not a step that held when run again
     return best, None
 
 
 async def capacity(bench: Bench, side: str) -> list[Run]:
+    """Step up the rates. A step that breaks the limit without falling behind
+    is run once more: on this shared box one disturbance (another VM, say)
+    can push a single step's p99 past 50 ms, and the knee is where the side
+    cannot hold the rate, not where the box hiccupped once. Both sides alike."""
     runs: list[Run] = []
     for rate in CAPACITY_RATES:
-        run = await bench.run(
-            side, "capacity", calls=CAPACITY_CALLS, rate=rate, talk_s=CAPACITY_TALK_S
-        )
-        print(run_row(run), flush=True)
-        runs.append(run)
-        if run.p99 is None or run.p99 >= P99_LIMIT_MS or run.lost:
+        for attempt in ("capacity", "again"):
+            run = await bench.run(
+                side, attempt, calls=CAPACITY_CALLS, rate=rate, talk_s=CAPACITY_TALK_S
+            )
+            print(run_row(run), flush=True)
+            runs.append(run)
+            if held(run) or run.aborted:
+                break
+        if not held(run):
             break  # past the knee
     return runs
 
@@ -1218,6 +1233,7 @@ def report(
         "capacity_steps": [
             {
                 "side": run.side,
+                "run": run.label,
                 "nominal_calls_per_s": run.nominal_rate,
                 "offered_calls_per_s": round(run.offered_rate, 1),
                 "p50_ms": run.p50,
