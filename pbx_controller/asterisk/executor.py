@@ -112,11 +112,14 @@ class Executor:
                     self._spawn(self._logged(self.recordings.open(action), action.call_id))
                 case a.ProcessRecording(job):
                     self._spawn(self._logged(self.recordings.process(job), job.call_id))
-                case a.Bridge(bridge_id, channel_ids):
-                    # The bridge is created at once, while the caller's earlier
-                    # actions run (stop the hold music first); the channels go
-                    # in on the caller's lane, after them.
+                case a.PrepareBridge(bridge_id):
                     self._create_bridge(bridge_id)
+                case a.Bridge(bridge_id, channel_ids):
+                    # The bridge was prepared while the agents rang (or is
+                    # created now, while the caller's earlier actions run);
+                    # the channels go in on the caller's lane, after them.
+                    if bridge_id not in self._bridges:
+                        self._create_bridge(bridge_id)
                     self._enqueue(channel_ids[0], action)
                 case _:
                     self._enqueue(action.channel_id, action)

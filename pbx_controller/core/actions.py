@@ -73,6 +73,16 @@ class Bridge:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepareBridge:
+    """Create the call's mixing bridge while its agents ring, so that the
+    answer costs one request (add the channels), not two: a round trip less
+    between the agent picking up and the caller hearing them. Empty until
+    `Bridge`; destroyed with the call if nobody answers."""
+
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DestroyBridge:
     bridge_id: str
 
@@ -172,6 +182,7 @@ Action = (
     | ContinueInDialplan
     | Originate
     | Bridge
+    | PrepareBridge
     | DestroyBridge
     | StartMoh
     | StopMoh

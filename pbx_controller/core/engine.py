@@ -417,6 +417,9 @@ class Engine:
             waiting = self.waiting.pop(offer.call_id)
             self.offers.open(offer, waiting)
             self._move(call, "Offered", CallState.OFFERING)
+            if call.bridge_id is None:  # the first offer: the bridge is made while they ring
+                call.bridge_id = f"{call.call_id}-bridge"
+                actions.append(a.PrepareBridge(call.bridge_id))
             for agent_id in offer.agent_ids:
                 actions += self._board(
                     self.board.offer_made(agent_id, call.call_id, offer.queue_id, now)
@@ -528,6 +531,9 @@ class Engine:
         for agent_id in self.offers.withdraw(call.call_id):
             actions += self._drop_leg(call, agent_id, now, "cancelled")
             actions += self._board(self.board.offer_cancelled(agent_id, call.call_id, now))
+        if call.bridge_id is not None:  # prepared for an agent who never answered
+            actions.append(a.DestroyBridge(call.bridge_id))
+            call.bridge_id = None
         return actions
 
     # -- agent legs -------------------------------------------------------------------
@@ -595,7 +601,7 @@ class Engine:
         call.answered_at = now
         call.agent_id = event.agent_id
         call.agent_channel = event.channel_id
-        call.bridge_id = f"{call.call_id}-bridge"
+        assert call.bridge_id is not None  # prepared at the first offer
         call.disposition = Disposition.ANSWERED
         self._move(call, "AgentLegAnswered", CallState.CONNECTED)
         if call.announcing and call.announcement is not None:

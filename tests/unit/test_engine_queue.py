@@ -192,6 +192,8 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
     ann = desk.engine.board.status("ann")
     assert desk.feed(e.PlaybackFinished("call-1-pb1", "chan-1"), 3) == [
         a.StartTimer("call-1/maxwait/1", 120_000),
+        # Made while Ann rings: her answer then costs one request, not two.
+        a.PrepareBridge("call-1-bridge"),
         a.RecordAgentState(
             AgentStateRecord(
                 "ann",
@@ -597,6 +599,29 @@ def test_the_caller_hanging_up_while_legs_ring_cancels_every_offer() -> None:
     assert cdr.answered_at is None
     assert cdr.wait_ms == 3_200
     assert outcomes(cdr) == {(who, "cancelled") for who in ("ann", "bob", "cat")}
+
+
+def test_a_bridge_prepared_for_an_unanswered_offer_goes_with_the_caller() -> None:
+    desk = Desk([sales()], [agent("ann", "sales")])
+    desk.login("ann")
+    offered = desk.queue_call(1, when=0)
+    assert offered.count(a.PrepareBridge("call-1-bridge")) == 1
+    gone = desk.caller_hangs_up(1, when=3)  # before Ann answered
+    assert a.DestroyBridge("call-1-bridge") in gone
+    assert a.Hangup("call-1-leg1") in gone
+
+
+def test_a_missed_offer_keeps_the_prepared_bridge_for_the_next_agent() -> None:
+    desk = Desk([sales(ring_timeout_ms=5_000)], [agent("ann", "sales"), agent("bob", "sales")])
+    desk.login("ann")
+    ring = timer(desk.queue_call(1, when=0), "ring")
+    desk.login("bob", when=1)
+    again = desk.feed(e.TimerFired(ring.timer_id), 5)  # Ann missed it; Bob rings
+    assert legs_rung(again) == [("call-1-leg2", "PJSIP/bob")]
+    assert not only(again, a.PrepareBridge)
+    assert not only(again, a.DestroyBridge)
+    answered = desk.answer(1, leg=2, agent_id="bob", when=6)
+    assert a.Bridge("call-1-bridge", ("chan-1", "call-1-leg2")) in answered
 
 
 def test_a_caller_who_hangs_up_while_waiting_leaves_no_queue_timer_behind() -> None:

@@ -220,6 +220,7 @@ class Ledger:
         self.playbacks: dict[str, str] = {}  # playing now: playback id -> channel id
         self.timers: dict[str, datetime] = {}  # armed: timer id -> due
         self.bridges: dict[str, Leg] = {}  # open: bridge id -> the agent leg in it
+        self.prepared: dict[str, str] = {}  # made while agents ring: bridge id -> call id
         self.agent_state: dict[str, AgentState] = dict.fromkeys(directory.agents, S.LOGGED_OUT)
         self._rows: dict[str, AgentStateRecord] = {}  # this step's last row per agent
         self._leaving: Caller | None = None
@@ -323,10 +324,18 @@ class Ledger:
                 self._caller(channel_id, action).handed_off = True
             case a.Originate():
                 self._originate(action)
+            case a.PrepareBridge(bridge_id):
+                caller = self.callers.get(bridge_id.removesuffix("-bridge"))
+                assert caller is not None, f"{action}: no such caller"
+                assert not caller.gone, f"{action}: the caller is gone"
+                assert bridge_id not in self.prepared, f"{action} twice"
+                self.prepared[bridge_id] = caller.call_id
             case a.Bridge():
                 self._bridge(event, action)
             case a.DestroyBridge(bridge_id):
-                assert self.bridges.pop(bridge_id, None) is not None, f"{action}: not open"
+                connected = self.bridges.pop(bridge_id, None) is not None
+                assert self.prepared.pop(bridge_id, None) is not None, f"{action}: never made"
+                assert connected or bridge_id not in self.bridges, action
             case a.RecordAgentState(record):
                 last = self.agent_state[record.agent_id]
                 assert record.previous is last, f"{record.agent_id}: row from {last} {record}"
@@ -424,6 +433,9 @@ class Ledger:
         state = self.agent_state[leg.agent_id]
         assert state is S.ON_CALL, f"{leg.agent_id} bridged while {state.value}"
         assert action.bridge_id not in self.bridges
+        assert self.prepared.get(action.bridge_id) == caller.call_id, (
+            f"{action}: not the bridge prepared for {caller.call_id}"
+        )
         self.bridges[action.bridge_id] = leg
         caller.bridge = leg
 
@@ -469,6 +481,9 @@ class Ledger:
             )
         for leg in self.bridges.values():
             assert not self.callers[leg.call_id].gone, f"{leg.call_id}: bridge outlived the call"
+        for call_id in self.prepared.values():
+            # A bridge made for an offer nobody answered goes with the call.
+            assert not self.callers[call_id].gone, f"{call_id}: prepared bridge outlived the call"
         in_bridge = {leg.agent_id for leg in self.bridges.values()}
         rings = Counter(leg.agent_id for leg in self.legs.values() if leg.ringing)
         for status in engine.board.statuses():
