@@ -144,6 +144,7 @@ class AriClient:
         self._headers = {"Authorization": aiohttp.encode_basic_auth(username, password)}
         self._heartbeat = heartbeat_s
         self._reconnect_max = reconnect_max_s
+        self._request_timeout_s = request_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         # Items: ARI event dicts, StreamConnected, StreamDisconnected. The
@@ -247,7 +248,7 @@ class AriClient:
         future: asyncio.Future[Json] = loop.create_future()
         self._pending[request_id] = future
         # A plain timer on the future: lighter than asyncio.timeout() per request.
-        expiry = loop.call_later(self._timeout.total or 30.0, _expire, future)
+        expiry = loop.call_later(self._request_timeout_s, _expire, future)
         try:
             await ws.send_str(json.dumps(message))
             response = await future

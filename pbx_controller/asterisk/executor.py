@@ -114,12 +114,9 @@ class Executor:
                     self._spawn(self._logged(self.recordings.process(job), job.call_id))
                 case a.PrepareBridge(bridge_id):
                     self._create_bridge(bridge_id)
-                case a.Bridge(bridge_id, channel_ids):
-                    # The bridge was prepared while the agents rang (or is
-                    # created now, while the caller's earlier actions run);
-                    # the channels go in on the caller's lane, after them.
-                    if bridge_id not in self._bridges:
-                        self._create_bridge(bridge_id)
+                case a.Bridge(_, channel_ids):
+                    # The channels go in on the caller's lane, after its
+                    # earlier actions (stop the hold music first).
                     self._enqueue(channel_ids[0], action)
                 case _:
                     self._enqueue(action.channel_id, action)
@@ -231,8 +228,8 @@ class Executor:
     # -- bridges ------------------------------------------------------------------
 
     def _create_bridge(self, bridge_id: str) -> None:
-        """POST /bridges now; the lane's Bridge step awaits it (measured: this
-        takes one ARI round trip off the answer-to-connect time)."""
+        """POST /bridges now (PrepareBridge, while the agents ring); the lane's
+        Bridge step awaits it, so the answer costs one round trip, not two."""
 
         async def create() -> None:
             await self.ari.create_bridge(bridge_id)

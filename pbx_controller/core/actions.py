@@ -65,8 +65,9 @@ class Originate:
 
 @dataclass(frozen=True, slots=True)
 class Bridge:
-    """Create mixing bridge `bridge_id` and put the channels in it, in one go
-    (the first channel's lane: after that caller's earlier actions)."""
+    """Put the channels into mixing bridge `bridge_id`, the one prepared for
+    the call (created first if it was not), on the first channel's lane:
+    after that caller's earlier actions."""
 
     bridge_id: str
     channel_ids: tuple[str, ...]

@@ -215,19 +215,25 @@ class Engine:
             return self._music_on(call)
         return self._move(call, "PlaybackFinished", call.state)
 
+    @staticmethod
+    def _caller_gone(call: Call, *, by_system: bool) -> None:
+        """The caller's side ended the call: the caller, or Asterisk itself
+        (ops, a shutdown, a crash), which is no abandon. A connected call
+        keeps its disposition (answered)."""
+        call.hangup_side = HangupSide.SYSTEM if by_system else HangupSide.CALLER
+        if call.state is not CallState.CONNECTED:
+            call.disposition = Disposition.FAILED if by_system else Disposition.ABANDONED
+
     def _hangup_requested(
         self, call: Call, event: e.HangupRequested, now: datetime
     ) -> list[a.Action]:
         state = call.state
-        # Ops or a PBX shutdown hanging the caller up is not the caller's doing.
-        side = HangupSide.SYSTEM if event.by_system else HangupSide.CALLER
         if state in (CallState.GREETING, CallState.CONSENT, CallState.QUEUED, CallState.OFFERING):
-            call.disposition = Disposition.FAILED if event.by_system else Disposition.ABANDONED
-            call.hangup_side = side
+            self._caller_gone(call, by_system=event.by_system)
             self._move(call, "HangupRequested", CallState.ENDING)
             return self._leave_queue(call, now)
         if state is CallState.CONNECTED:
-            call.hangup_side = side
+            self._caller_gone(call, by_system=event.by_system)
             self._move(call, "HangupRequested", CallState.ENDING)
             return self._end_agent_side(call, now)
         return self._move(call, "HangupRequested", state)
@@ -308,23 +314,18 @@ class Engine:
         self, call: Call, event: e.ChannelHungUp | e.ChannelLeftApp, now: datetime
     ) -> list[a.Action]:
         actions: list[a.Action] = []
+        # Vanished unseen (Asterisk restarted): nobody hung up on purpose.
+        lost = isinstance(event, e.ChannelHungUp) and event.lost
         if call.state in (
             CallState.GREETING,
             CallState.CONSENT,
             CallState.QUEUED,
             CallState.OFFERING,
         ):
-            if isinstance(event, e.ChannelHungUp) and event.lost:
-                # Vanished unseen (Asterisk restarted): nobody hung up on purpose.
-                call.disposition = Disposition.FAILED
-                call.hangup_side = HangupSide.SYSTEM
-            else:
-                call.disposition = Disposition.ABANDONED
-                call.hangup_side = HangupSide.CALLER
+            self._caller_gone(call, by_system=lost)
             actions += self._leave_queue(call, now)
         elif call.state is CallState.CONNECTED:
-            lost = isinstance(event, e.ChannelHungUp) and event.lost
-            call.hangup_side = HangupSide.SYSTEM if lost else HangupSide.CALLER
+            self._caller_gone(call, by_system=lost)
             actions += self._end_agent_side(call, now)
         self._move(call, type(event).__name__, CallState.ENDED)
         # Clocks can step back, and an adopted call's arrival is Asterisk's

@@ -583,8 +583,7 @@ class _Syncer:
         self._thread = threading.Thread(target=self._run, name="cdr-outbox-sync", daemon=True)
         self._thread.start()
 
-    def dirty(self, fd: int | None, seq: int, size: int, *, directory: bool, notify: bool) -> None:
-        assert fd is not None
+    def dirty(self, fd: int, seq: int, size: int, *, directory: bool, notify: bool) -> None:
         self._inbox.put(("dirty", fd, _Dirty(seq, size, directory, notify)))
 
     def retire(self, fd: int) -> None:
@@ -931,11 +930,11 @@ class CdrOutbox:
     def _append_now(self, cdr: CdrRecord, *, notify: bool) -> tuple[int, int]:
         if not self._accepting or self._syncer is None:
             raise OutboxClosed(f"the CDR outbox {self.directory} is closed")
-        seq, end = self._write_line(line := frame(encode_cdr(cdr)))
+        fd, seq, end = self._write_line(line := frame(encode_cdr(cdr)))
         self._fresh.append((seq, end - len(line), end, cdr))
         if len(self._fresh) > self.fresh_max:
             self._fresh.popleft()
-        self._syncer.dirty(self._fd, seq, end, directory=self._dir_unsynced, notify=notify)
+        self._syncer.dirty(fd, seq, end, directory=self._dir_unsynced, notify=notify)
         self._dir_unsynced = False
         self._live_seq = seq
         self._sizes[seq] = end
@@ -945,24 +944,26 @@ class CdrOutbox:
         self._wakeup.set()
         return seq, end
 
-    def _write_line(self, data: bytes) -> tuple[int, int]:
-        """Append `data` to the live segment (a new one when it is full).
-        A write to the page cache: microseconds, so it runs on the loop."""
+    def _write_line(self, data: bytes) -> tuple[int, int, int]:
+        """Append `data` to the live segment (a new one when it is full):
+        its fd, number and new size. A write to the page cache takes
+        microseconds, so it runs on the loop."""
         if self._fd is None or self._fd_size >= self.max_segment_bytes:
             self._new_segment()
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
         start = self._fd_size
         try:
-            _write_all(self._fd, data)
+            _write_all(fd, data)
         except OSError:
             # Take the partial write back if the disk lets us, and seal the
             # segment either way; the next append starts a new one.
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)
+                os.ftruncate(fd, start)
             self._seal()
             raise
         self._fd_size = start + len(data)
-        return self._fd_seq, self._fd_size
+        return fd, self._fd_seq, self._fd_size
 
     def _new_segment(self) -> None:
         self._seal()
@@ -1149,24 +1150,15 @@ class CdrOutbox:
                 continue
             try:
                 cdr = decode_cdr(f.payload)
-                uuid.UUID(cdr.call_id)  # the upsert key: a bad one would block the queue
-            except (OutboxRecordError, ValueError) as exc:
+            except OutboxRecordError as exc:
                 bad.append(_rejection(seq, f, str(exc)))
                 continue
+            problem = _key_problem(cdr)
+            if problem is not None:
+                bad.append(_rejection(seq, f, problem))
+                continue
             records.append(cdr)
-        if records:
-            refused = await self._deliver(records)
-            self.stats.delivered += len(records) - len(refused)
-            for cdr, reason in refused:
-                bad.append(
-                    {
-                        "reason": f"database refused: {reason}",
-                        "segment": seq,
-                        "cdr": cdr_to_dict(cdr),
-                    }
-                )
-        if bad:
-            await self._reject(bad)
+        await self._deliver_batch(seq, records, bad)
         if result.torn:
             self.stats.torn_bytes += result.torn
             log.warning(
@@ -1188,37 +1180,39 @@ class CdrOutbox:
         """One batch from `_fresh`: the records as appended, one segment at a
         time (the disk path moves the read position to the next segment)."""
         seq = self._fresh[0][0]
-        records: list[CdrRecord] = []
+        taken = 0
         end = 0
-        while self._fresh and len(records) < self.batch_size and self._fresh[0][0] == seq:
-            _, _, end, cdr = self._fresh.popleft()
-            records.append(cdr)
-        good: list[CdrRecord] = []
+        records: list[CdrRecord] = []
         bad: list[dict[str, Any]] = []
-        for cdr in records:
-            try:
-                uuid.UUID(cdr.call_id)  # the upsert key: a bad one would block the queue
-            except ValueError:
-                bad.append(
-                    {"reason": "call id is not a UUID", "segment": seq, "cdr": cdr_to_dict(cdr)}
-                )
-                continue
-            good.append(cdr)
-        if good:
-            # If this raises (the database is down), the read position stays:
-            # the retry reads these records from disk, as they are no longer
-            # at the head of _fresh.
-            refused = await self._deliver(good)
-            self.stats.delivered += len(good) - len(refused)
+        while self._fresh and taken < self.batch_size and self._fresh[0][0] == seq:
+            _, _, end, cdr = self._fresh.popleft()
+            taken += 1
+            problem = _key_problem(cdr)
+            if problem is None:
+                records.append(cdr)
+            else:
+                bad.append({"reason": problem, "segment": seq, "cdr": cdr_to_dict(cdr)})
+        # If this raises (the database is down), the read position stays: the
+        # retry reads these records from disk, as they have left _fresh.
+        await self._deliver_batch(seq, records, bad)
+        self._read_pos = (seq, end)
+        await self._mark_sent(self._read_pos)
+        return taken
+
+    async def _deliver_batch(
+        self, seq: int, records: list[CdrRecord], bad: list[dict[str, Any]]
+    ) -> None:
+        """Upsert `records` of segment `seq`; those the database refuses for
+        good join `bad`, and `bad` goes to rejected.log."""
+        if records:
+            refused = await self._deliver(records)
+            self.stats.delivered += len(records) - len(refused)
             bad += [
                 {"reason": f"database refused: {reason}", "segment": seq, "cdr": cdr_to_dict(cdr)}
                 for cdr, reason in refused
             ]
         if bad:
             await self._reject(bad)
-        self._read_pos = (seq, end)
-        await self._mark_sent(self._read_pos)
-        return len(records)
 
     async def _mark_sent(self, pos: tuple[int, int]) -> None:
         if pos != self._sent_pos:
@@ -1346,6 +1340,16 @@ class CdrOutbox:
         if self._drain_io is None:
             raise OutboxClosed(f"the CDR outbox {self.directory} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._drain_io, fn, *args)
+
+
+def _key_problem(cdr: CdrRecord) -> str | None:
+    """Why the record cannot be upserted at all (its key), or None. A bad
+    key would fail every batch it is in and block the queue behind it."""
+    try:
+        uuid.UUID(cdr.call_id)
+    except ValueError:
+        return f"call id {cdr.call_id!r} is not a UUID"
+    return None
 
 
 def _unique(records: list[CdrRecord]) -> list[CdrRecord]:

@@ -104,30 +104,25 @@ async def test_call_survives_websocket_cut_by_asterisk(asterisk, controller) -> 
     assert len(watcher.actions(a.EmitCdr)) == 1
 
 
-async def test_caller_hanging_up_during_greeting_is_abandoned(asterisk, controller) -> None:
+@pytest.mark.parametrize(
+    ("half", "disposition", "side"),
+    [
+        # The caller's end (the ;1 half of the Local pair), as a caller would.
+        ("1", Disposition.ABANDONED, HangupSide.CALLER),
+        # The channel in our app itself, by ops' CLI (a shutdown does the
+        # same): a soft hang-up, Asterisk's doing, not an abandon.
+        ("2", Disposition.FAILED, HangupSide.SYSTEM),
+    ],
+    ids=["caller-hangs-up", "ops-hang-up"],
+)
+async def test_hanging_up_during_greeting(asterisk, controller, half, disposition, side) -> None:
     watcher = watch(controller)
     place_call(asterisk, "1002")
     arrived = (await watcher.wait_for(lambda: watcher.events(e.CallArrived)))[0]
     await watcher.wait_for(lambda: watcher.actions(a.Play))
-    # Hang up the caller's end (the ;1 half of the Local pair), as a caller would.
     name = (await controller.ari.get_channel(arrived.channel_id))["name"]
     assert name.endswith(";2")
-    await asyncio.to_thread(asterisk.cli, f"channel request hangup {name[:-1]}1")
+    await asyncio.to_thread(asterisk.cli, f"channel request hangup {name[:-1]}{half}")
     cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr)))[0].cdr
-    assert cdr.disposition is Disposition.ABANDONED
-    assert cdr.hangup_side is HangupSide.CALLER
+    assert (cdr.disposition, cdr.hangup_side) == (disposition, side)
     assert not watcher.actions(a.Hangup)
-
-
-async def test_ops_hanging_up_a_caller_is_the_system_not_an_abandon(asterisk, controller) -> None:
-    # The same moment, but Asterisk is asked to hang up the channel in our
-    # app itself (ops' CLI; a shutdown does the same): a soft hang-up.
-    watcher = watch(controller)
-    place_call(asterisk, "1002")
-    arrived = (await watcher.wait_for(lambda: watcher.events(e.CallArrived)))[0]
-    await watcher.wait_for(lambda: watcher.actions(a.Play))
-    name = (await controller.ari.get_channel(arrived.channel_id))["name"]
-    await asyncio.to_thread(asterisk.cli, f"channel request hangup {name}")
-    cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr)))[0].cdr
-    assert cdr.disposition is Disposition.FAILED
-    assert cdr.hangup_side is HangupSide.SYSTEM

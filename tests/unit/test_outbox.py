@@ -523,11 +523,24 @@ async def test_corrupt_record_is_kept_aside_and_the_rest_delivered(tmp_path: Pat
     assert [r["reason"] for r in rejected] == [
         "checksum mismatch",
         "missing field tenant_id",
-        "badly formed hexadecimal UUID string",
+        "call id 'not-a-uuid' is not a UUID",
     ]
     assert rejected[0]["raw_b64"]
     assert rejected[0]["segment"] == 7
     assert box.stats.rejected == 3
+
+
+async def test_a_fresh_append_with_a_bad_key_is_kept_aside_too(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    sink = MemorySink()
+    async with asyncio.timeout(10), outbox(directory, sink, linger_s=0) as box:
+        for cdr in (make_cdr(0), make_cdr(1, call_id="not-a-uuid"), make_cdr(2)):
+            box.write(cdr)
+        await box.wait_idle()
+    assert sink.order == [make_cdr(0).call_id, make_cdr(2).call_id]
+    (rejected,) = [json.loads(f.payload or b"") for f in _frames(directory / "rejected.log")]
+    assert rejected["reason"] == "call id 'not-a-uuid' is not a UUID"
+    assert rejected["cdr"]["call_id"] == "not-a-uuid"
 
 
 async def test_a_record_the_database_refuses_is_kept_aside_the_batch_goes_on(
@@ -586,17 +599,20 @@ async def test_a_broken_cursor_replays_from_the_oldest_segment(tmp_path: Path) -
     assert sink.order == [make_cdr(0).call_id]
 
 
+def disk_full(box: CdrOutbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(data: bytes) -> tuple[int, int, int]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(box, "_write_line", full)
+
+
 async def test_the_disk_refusing_a_record_falls_back_to_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = MemorySink()
     box = outbox(tmp_path / "outbox", sink)
-
-    def full(data: bytes) -> tuple[int, int]:
-        raise OSError(28, "No space left on device")
-
     async with asyncio.timeout(10), box:
-        monkeypatch.setattr(box, "_write_line", full)
+        disk_full(box, monkeypatch)
         await box.append(make_cdr(0))
         assert list(sink.rows) == [make_cdr(0).call_id]
         sink.down = True
@@ -648,12 +664,8 @@ async def test_write_refused_by_the_disk_goes_straight_to_the_database(
 ) -> None:
     sink = MemorySink()
     box = outbox(tmp_path / "outbox", sink)
-
-    def full(data: bytes) -> tuple[int, int]:
-        raise OSError(28, "No space left on device")
-
     async with asyncio.timeout(10), box:
-        monkeypatch.setattr(box, "_write_line", full)
+        disk_full(box, monkeypatch)
         box.write(make_cdr(0))
         assert not box.caught_up()  # the fallback is under way
         await box.wait_idle()
