@@ -44,13 +44,15 @@ async def test_asterisk_restart_mid_call(fresh_asterisk, crash: bool) -> None:
         cdr = (await watcher.wait_for(lambda: watcher.actions(a.EmitCdr), timeout=20))[0].cdr
         assert cdr.call_id == arrived.call_id
         assert (cdr.disposition, cdr.hangup_side) == (Disposition.FAILED, HangupSide.SYSTEM)
+        # The first hang-up request decides (the Local pair may send a second).
         hangups = watcher.events(e.HangupRequested)
-        assert [h.by_system for h in hangups] == ([] if crash else [True])
-        assert controller.reconnects >= 1
+        assert [h.by_system for h in hangups[:1]] == ([] if crash else [True])
 
-        # The restarted Asterisk's callers are served as before.
-        async with asyncio.timeout(10):
-            await controller.ari.connected.wait()
+        # The restarted Asterisk's callers are served as before (with a soft
+        # hang-up the CDR can come before the controller has reconnected).
+        async with asyncio.timeout(20):
+            while controller.reconnects < 1 or not controller.ari.connected.is_set():
+                await asyncio.sleep(0.02)
         fresh_asterisk.cli("channel originate Local/3002@pbx-inbound application Wait 5")
         await watcher.wait_for(lambda: len(watcher.actions(a.EmitCdr)) == 2, timeout=15)
     assert [r.disposition for r in sink.records] == [Disposition.FAILED, Disposition.SERVED]
