@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # The greeting played by the bare call flow until a tenant defines its own.
     default_greeting: str = "sound:hello-world"
     data_dir: Path = Path("var")
+    # After a stop shorter than this, agents come back logged in as they
+    # were; after a longer one (the night), logged out. 0: after every clean
+    # stop. A run that died is always followed by a restore (core.agent.restoration).
+    agents_restore_within_s: int = Field(default=900, ge=0)
 
     @classmethod
     def settings_customise_sources(

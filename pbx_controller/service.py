@@ -172,8 +172,11 @@ class Controller:
         parts: Sequence[Part] | None = None,
         agent_log: AgentLogSink | None = None,
         recordings: RecordingSink | None = None,
+        restored: Sequence[e.AgentRestored] = (),
     ) -> None:
         self.settings = settings
+        # Agents an earlier run left logged in: back before the first call.
+        self.restored = tuple(restored)
         self.engine = Engine(directory)
         self.clock = clock
         self.inbox = Inbox(self._take)
@@ -218,9 +221,12 @@ class Controller:
         on cancellation the exit stack closes them in reverse order."""
         for bind in self.settings.non_loopback_binds():
             log.warning("listening off loopback: %s", bind)
+        self._restore_agents()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.ari.close)
             stack.push_async_callback(self._finish_actions)
+            # After the inbox: no event changes an agent once they are out.
+            stack.callback(self._log_agents_out)
             stack.push_async_callback(self.inbox.close)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.ari.run_events(), name="ari-events")
@@ -242,6 +248,22 @@ class Controller:
                 if ready is not None:
                     ready.set()
                 await asyncio.Event().wait()  # until cancelled
+
+    def _restore_agents(self) -> None:
+        for event in self.restored:
+            self._handle(event)
+        if self.restored:
+            paused = sum(1 for event in self.restored if event.paused_reason is not None)
+            log.info(
+                "%d agent(s) back as the last run left them (%d paused)",
+                len(self.restored),
+                paused,
+            )
+
+    def _log_agents_out(self) -> None:
+        """Stopping: every logged-in agent is logged out (the log says why,
+        so the next run can put them back; see core.agent.restoration)."""
+        self._handle(e.ControllerStopping())
 
     async def _finish_actions(self) -> None:
         # Requests already on their way (a Hangup, a CDR write) are finished,
@@ -468,13 +490,16 @@ async def serve(
     cdrs: CdrSink,
     agent_log: AgentLogSink | None = None,
     recordings: RecordingSink | None = None,
+    restored: Sequence[e.AgentRestored] = (),
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down in reverse order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    controller = Controller(settings, directory, cdrs, agent_log=agent_log, recordings=recordings)
+    controller = Controller(
+        settings, directory, cdrs, agent_log=agent_log, recordings=recordings, restored=restored
+    )
     freeze_startup_heap()
     run = asyncio.create_task(controller.run(), name="controller")
     stopping = asyncio.create_task(stop.wait())

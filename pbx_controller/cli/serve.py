@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbx_controller.cli.main import CliError
@@ -69,11 +70,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, *, migrate: bool) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from pbx_controller.asterisk.ari import AriError
     from pbx_controller.recordings.pipeline import RecordingPipeline
     from pbx_controller.recordings.storage import RecordingStorage
     from pbx_controller.service import serve
-    from pbx_controller.store.agent_log import DatabaseAgentLog
+    from pbx_controller.store.agent_log import DatabaseAgentLog, restorations
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
     from pbx_controller.store.db import make_sessionmaker
     from pbx_controller.store.outbox import CdrOutbox, OutboxError
@@ -90,6 +93,16 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             await outbox.open()
         except (OutboxError, OSError) as exc:
             raise CliError(f"CDR outbox: {exc}") from None
+        try:
+            restored = await restorations(
+                make_sessionmaker(engine),
+                datetime.now(UTC),
+                timedelta(seconds=settings.agents_restore_within_s),
+            )
+        except SQLAlchemyError as exc:
+            # Starting with everyone logged out would leave the log saying
+            # otherwise (readiness billed for agents who get no calls).
+            raise CliError(f"agent state log unreadable: {type(exc).__name__}: {exc}") from None
         agent_log = DatabaseAgentLog(make_sessionmaker(engine))
         agent_log.start()
         recordings = RecordingPipeline(
@@ -100,7 +113,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
         try:
             outbox.start()
             try:
-                await serve(settings, directory, outbox, agent_log, recordings)
+                await serve(settings, directory, outbox, agent_log, recordings, restored)
             except AriError as exc:
                 raise CliError(str(exc)) from None
             except OSError as exc:  # a listener's port is taken

@@ -29,6 +29,11 @@ Rules the board keeps:
   ready after login, unpause or the end of a call; a missed or cancelled
   offer keeps the agent's place.
 - `calls_taken` (least-calls routing) counts answered offers since login.
+- A stopping controller logs every agent out (`shutdown`, reason
+  `SHUTDOWN_REASON`): nobody is served, or paid readiness for, while it is
+  down. The next run puts each agent back as the log left it
+  (`restoration`, then `restore`), so a restart does not make every agent
+  dial the login code again.
 
 Timers: the board names its own timers (`agent:<id>/wrapup/<n>`) and returns
 `StartTimer`/`CancelTimer` actions; feed a fired one back to `timer_fired`.
@@ -37,7 +42,7 @@ A fired timer the board no longer holds (cancelled, raced) changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -53,6 +58,7 @@ __all__ = [
     "AUTO_PAUSE_REASON",
     "MAX_REASON_LENGTH",
     "READINESS_STATES",
+    "SHUTDOWN_REASON",
     "AgentBoard",
     "AgentState",
     "AgentStateRecord",
@@ -60,11 +66,17 @@ __all__ = [
     "AvailableAgent",
     "BoardChange",
     "CallMismatch",
+    "LoggedState",
     "NotAMember",
+    "Restoration",
     "UnknownAgent",
+    "restoration",
 ]
 
 AUTO_PAUSE_REASON = "auto:missed-offers"
+# The reason on the logged_out rows a stopping controller writes: the next
+# run knows the agent did not log out, and puts it back.
+SHUTDOWN_REASON = "controller-stopped"
 MAX_REASON_LENGTH = 64  # agent_state_log.reason
 AGENT_TIMER_PREFIX = "agent:"
 
@@ -113,6 +125,14 @@ AGENT_TRANSITIONS: TransitionTable[AgentState] = TransitionTable(
         (_A.ON_CALL, "CallEnded"): _FREED | {_A.WRAP_UP},
         # The wrap-up timer fired, or the agent said it is done early.
         (_A.WRAP_UP, "WrapUpEnded"): _FREED,
+        # A new run puts an agent back as the last run left it (logged in).
+        (_A.LOGGED_OUT, "Restore"): frozenset({_A.READY, _A.PAUSED}),
+        # The controller stops: whatever the agent was doing, it is served no more.
+        (_A.READY, "Shutdown"): frozenset({_A.LOGGED_OUT}),
+        (_A.PAUSED, "Shutdown"): frozenset({_A.LOGGED_OUT}),
+        (_A.RESERVED, "Shutdown"): frozenset({_A.LOGGED_OUT}),
+        (_A.ON_CALL, "Shutdown"): frozenset({_A.LOGGED_OUT}),
+        (_A.WRAP_UP, "Shutdown"): frozenset({_A.LOGGED_OUT}),
     },
 )
 
@@ -142,6 +162,54 @@ class AgentStateRecord:
     previous: AgentState
     event: str  # the table event, or "Reconfigured" for a membership change
     call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedState:
+    """One agent_state_log row as a new run reads it back."""
+
+    state: AgentState
+    reason: str | None
+    queues: tuple[str, ...]  # the queues it served; () when not recorded
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Restoration:
+    """How an agent comes back when the controller starts (`AgentBoard.restore`)."""
+
+    paused_reason: str | None  # None: ready
+    queues: tuple[str, ...]
+
+
+def restoration(
+    rows: Sequence[LoggedState], now: datetime, within: timedelta
+) -> Restoration | None:
+    """What an agent is when the controller starts, from its last log rows
+    (newest first; two are enough). None: logged out.
+
+    - Logged out by the agent (or never logged in): stays out.
+    - Logged out by a stopping controller (SHUTDOWN_REASON) less than
+      `within` ago: back as it was before the stop. After a longer stop
+      (the night), out: the agent may have gone home.
+    - Anything else: the last run died without a word (kill -9, power):
+      back as the log left it. Paused stays paused with its reason; ready,
+      ringing, on a call or in wrap-up comes back ready (that call did not
+      survive the restart).
+    """
+    if not rows:
+        return None
+    last = rows[0]
+    if last.state is _A.LOGGED_OUT:
+        stopped = last.reason == SHUTDOWN_REASON and now - last.at <= within
+        if not stopped or len(rows) < 2:
+            return None
+        last = rows[1]
+        if last.state is _A.LOGGED_OUT:
+            return None
+    if last.state is _A.PAUSED:
+        return Restoration(last.reason or "restored", last.queues)
+    return Restoration(None, last.queues)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,24 +314,34 @@ class AgentBoard:
     ) -> BoardChange:
         """Log in to every membership, or to the given subset of them."""
         ag = self._get(agent_id, now)
-        target = _A.READY if paused_reason is None else _A.PAUSED
-        AGENT_TRANSITIONS.move(ag.state, "Login", target)
-        if paused_reason is not None:
-            _reason(paused_reason)
+        AGENT_TRANSITIONS.targets(ag.state, "Login")  # a refusal first, as for any command
+        chosen: frozenset[str] | None = None
         if queues is not None:
             chosen = frozenset(queues)
             unknown = chosen - {m.queue_id for m in ag.profile.memberships}
             if unknown:
                 raise NotAMember(f"agent {agent_id} is no member of {sorted(unknown)}")
-            ag.login_queues = chosen
-        else:
-            ag.login_queues = None
-        ag.calls_taken = 0
-        ag.missed_in_row = 0
-        ag.pending = None
-        ag.idle_since = now if target is _A.READY else None
-        self._serve(ag)
-        return BoardChange(self._set(ag, target, paused_reason, now, "Login"))
+        return self._log_in(ag, chosen, paused_reason, now, "Login")
+
+    def restore(
+        self,
+        agent_id: str,
+        now: datetime,
+        *,
+        queues: Iterable[str] = (),
+        paused_reason: str | None = None,
+    ) -> BoardChange:
+        """Log the agent back in as an earlier run left it (`restoration`):
+        to the queues it had chosen that it is still a member of, or to
+        every membership when none of them is left (or none was recorded)."""
+        ag = self._get(agent_id, now)
+        kept = frozenset(queues) & {m.queue_id for m in ag.profile.memberships}
+        return self._log_in(ag, kept or None, paused_reason, now, "Restore")
+
+    def shutdown(self, agent_id: str, now: datetime) -> BoardChange:
+        """The controller stops: log the agent out, saying why (SHUTDOWN_REASON)."""
+        ag = self._get(agent_id, now)
+        return self._free(ag, _A.LOGGED_OUT, SHUTDOWN_REASON, now, "Shutdown")
 
     def logout(self, agent_id: str, now: datetime) -> BoardChange:
         ag = self._get(agent_id, now)
@@ -490,6 +568,26 @@ class AgentBoard:
             ag.idle_since,
             ag.calls_taken,
         )
+
+    def _log_in(
+        self,
+        ag: _Agent,
+        queues: frozenset[str] | None,
+        paused_reason: str | None,
+        now: datetime,
+        event: str,
+    ) -> BoardChange:
+        target = _A.READY if paused_reason is None else _A.PAUSED
+        AGENT_TRANSITIONS.move(ag.state, event, target)
+        if paused_reason is not None:
+            _reason(paused_reason)
+        ag.login_queues = queues
+        ag.calls_taken = 0
+        ag.missed_in_row = 0
+        ag.pending = None
+        ag.idle_since = now if target is _A.READY else None
+        self._serve(ag)
+        return BoardChange(self._set(ag, target, paused_reason, now, event))
 
     def _wrapup_over(self, ag: _Agent, now: datetime) -> BoardChange:
         cancel = self._cancel_wrapup(ag)

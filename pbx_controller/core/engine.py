@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
-from pbx_controller.core.agent import AgentBoard, BoardChange
+from pbx_controller.core.agent import AgentBoard, AgentState, BoardChange
 from pbx_controller.core.call_flow import CALL_TRANSITIONS, Call, CallState
 from pbx_controller.core.cdr import CdrRecord, CdrSegment, Disposition, HangupSide, ms_between
 from pbx_controller.core.consent import NEVER_RECORD, Consent, ConsentState, recording_allowed
@@ -104,6 +104,13 @@ class Engine:
                 return self._adopted(event)
             case e.AgentCommand():
                 return self._agent_command(event, now)
+            case e.AgentRestored():
+                change = self.board.restore(
+                    event.agent_id, now, queues=event.queue_ids, paused_reason=event.paused_reason
+                )
+                return self._board(change) + self._route(now)
+            case e.ControllerStopping():
+                return self._shutdown(now)
             case e.TimerFired() if self.board.owns_timer(event.timer_id):
                 return self._board(self.board.timer_fired(event.timer_id, now)) + self._route(now)
             case e.TimerFired() if event.timer_id in self._recording_timers:
@@ -883,6 +890,13 @@ class Engine:
             case _:
                 change = self.board.end_wrapup(event.agent_id, now)
         return self._board(change) + self._route(now)
+
+    def _shutdown(self, now: datetime) -> list[a.Action]:
+        actions: list[a.Action] = []
+        for status in self.board.statuses():
+            if status.state is not AgentState.LOGGED_OUT:
+                actions += self._board(self.board.shutdown(status.agent_id, now))
+        return actions
 
     def _board(self, change: BoardChange) -> list[a.Action]:
         return [*(a.RecordAgentState(r) for r in change.records), *change.timers]

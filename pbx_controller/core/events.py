@@ -64,6 +64,24 @@ class AgentCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentRestored:
+    """At start-up: the agent is logged back in as an earlier run left it
+    (`core.agent.restoration` decides from the agent state log)."""
+
+    agent_id: str
+    paused_reason: str | None = None  # None: ready
+    queue_ids: tuple[str, ...] = ()  # the queues it had logged in to; (): all
+
+    def __post_init__(self) -> None:
+        _require(self.agent_id, "agent_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStopping:
+    """The controller is shutting down: every logged-in agent is logged out."""
+
+
+@dataclass(frozen=True, slots=True)
 class PlaybackFinished:
     """A playback ended. `completed` is false when it was cut short (the
     channel hung up, or the playback was stopped or failed)."""
@@ -203,6 +221,8 @@ Event = (
     | CallAdopted
     | AgentLegAnswered
     | AgentCommand
+    | AgentRestored
+    | ControllerStopping
     | PlaybackFinished
     | DtmfReceived
     | HangupRequested

@@ -16,12 +16,15 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.backoff import backoff_s
-from pbx_controller.core.agent import AgentStateRecord
+from pbx_controller.core.agent import AgentState, AgentStateRecord, LoggedState, restoration
+from pbx_controller.core.events import AgentRestored
 from pbx_controller.store import models as m
 from pbx_controller.store.outbox import describe_database_error, is_permanent_database_error
 
@@ -38,8 +41,45 @@ def log_values(record: AgentStateRecord) -> dict[str, object]:
         "state": record.state.value,
         "reason": record.reason,
         "tenant_ids": list(record.tenants),
+        "queue_ids": list(record.queues),
         "at": record.at,
     }
+
+
+async def restorations(
+    sessions: async_sessionmaker[AsyncSession], now: datetime, within: timedelta
+) -> list[AgentRestored]:
+    """The agents a starting controller logs back in: each agent's last two
+    rows, judged by `core.agent.restoration`."""
+    log_table = AGENT_STATE_LOG
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=log_table.c.agent_id,
+            order_by=(log_table.c.at.desc(), log_table.c.id.desc()),
+        )
+        .label("rank")
+    )
+    latest = sa.select(log_table, rank).subquery()
+    query = (
+        sa.select(
+            latest.c.agent_id, latest.c.state, latest.c.reason, latest.c.queue_ids, latest.c.at
+        )
+        .where(latest.c.rank <= 2)
+        .order_by(latest.c.agent_id, latest.c.rank)
+    )
+    rows: dict[str, list[LoggedState]] = {}
+    async with sessions() as session:
+        for agent_id, state, reason, queue_ids, at in await session.execute(query):
+            rows.setdefault(agent_id, []).append(
+                LoggedState(AgentState(state), reason, tuple(queue_ids or ()), at)
+            )
+    out = []
+    for agent_id, last in rows.items():
+        back = restoration(last, now, within)
+        if back is not None:
+            out.append(AgentRestored(agent_id, back.paused_reason, back.queues))
+    return out
 
 
 class DatabaseAgentLog:

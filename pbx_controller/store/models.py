@@ -546,6 +546,9 @@ class AgentStateLog(Base):
     tenant_ids: Mapped[list[str]] = mapped_column(
         JSONDoc, server_default=text("'[]'"), default=list
     )
+    # The queues it served from this instant: a restarted controller logs the
+    # agent back in to these. [] in rows older than revision 0003.
+    queue_ids: Mapped[list[str]] = mapped_column(JSONDoc, server_default=text("'[]'"), default=list)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
 
 

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from pbx_controller.core.agent import AgentState, AgentStateRecord
+from pbx_controller.core.agent import SHUTDOWN_REASON, AgentState, AgentStateRecord
+from pbx_controller.core.events import AgentRestored
 from pbx_controller.store import models as m
-from pbx_controller.store.agent_log import DatabaseAgentLog
+from pbx_controller.store.agent_log import DatabaseAgentLog, restorations
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -67,3 +68,60 @@ async def test_a_refused_row_is_logged_and_the_rest_are_written(
     refused = [r for r in caplog.records if "refused by the database" in r.getMessage()]
     assert len(refused) == 1
     assert '"agent_id": "gone"' in refused[0].getMessage()
+
+
+def row(
+    agent_id: str, state: AgentState, second: int, reason: str | None = None
+) -> AgentStateRecord:
+    return AgentStateRecord(
+        agent_id=agent_id,
+        state=state,
+        reason=reason,
+        tenants=("acme",) if state is not AgentState.LOGGED_OUT else (),
+        queues=("sales",) if state is not AgentState.LOGGED_OUT else (),
+        at=T0 + timedelta(seconds=second),
+        previous=AgentState.LOGGED_OUT,
+        event="Test",
+    )
+
+
+async def test_restorations_read_each_agents_last_two_rows(database_url: str) -> None:
+    S = AgentState
+    await upgrade_to_head(database_url)
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():
+            for agent_id in ("anna", "bert", "cleo", "dora", "emil"):
+                session.add(m.Agent(id=agent_id, name=agent_id, endpoint=f"PJSIP/{agent_id}"))
+        agent_log = DatabaseAgentLog(sessions, linger_s=0)
+        agent_log.start()
+        for record in [
+            # anna: paused, then a clean stop 60 s before the start: back paused.
+            row("anna", S.READY, 0),
+            row("anna", S.PAUSED, 10, "lunch"),
+            row("anna", S.LOGGED_OUT, 100, SHUTDOWN_REASON),
+            # bert: on a call when the last run died: back ready.
+            row("bert", S.READY, 0),
+            row("bert", S.ON_CALL, 50),
+            # cleo logged out herself, after an older stop: stays out.
+            row("cleo", S.LOGGED_OUT, 5, SHUTDOWN_REASON),
+            row("cleo", S.READY, 20),
+            row("cleo", S.LOGGED_OUT, 30),
+            # dora: two rows at one instant; the later id decides (ready).
+            row("dora", S.PAUSED, 40, "break"),
+            row("dora", S.READY, 40),
+            # emil: stopped 1000 s before the start (over the 900 s): stays out.
+            row("emil", S.READY, -900),
+            row("emil", S.LOGGED_OUT, -840, SHUTDOWN_REASON),
+        ]:
+            agent_log.write(record)
+        await agent_log.close(flush_timeout_s=10)
+        back = await restorations(sessions, T0 + timedelta(seconds=160), timedelta(seconds=900))
+    finally:
+        await engine.dispose()
+    assert sorted(back, key=lambda r: r.agent_id) == [
+        AgentRestored("anna", "lunch", ("sales",)),
+        AgentRestored("bert", None, ("sales",)),
+        AgentRestored("dora", None, ("sales",)),
+    ]

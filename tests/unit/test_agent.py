@@ -395,6 +395,8 @@ def test_every_table_event_has_a_board_command() -> None:
         "OfferCancelled": "offer_cancelled",
         "CallEnded": "call_ended",
         "WrapUpEnded": "end_wrapup",
+        "Restore": "restore",
+        "Shutdown": "shutdown",
     }
     assert AGENT_TRANSITIONS.events() == commands.keys()
     assert all(callable(getattr(AgentBoard, name)) for name in commands.values())

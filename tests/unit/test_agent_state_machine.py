@@ -10,7 +10,10 @@ Across any interleaving:
 - no agent is reserved or on a call for two calls, and no call has two
   agents on it (ring-all has one winner);
 - wrap-up ends in ready, or in the pause or logout commanded meanwhile;
-- auto-pause comes after exactly K consecutive misses.
+- auto-pause comes after exactly K consecutive misses;
+- a controller restart logs everyone out with SHUTDOWN_REASON, and the log
+  rows alone (through `restoration`) put each agent back as it was after a
+  short stop, and nobody after a long one.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from pbx_controller.core.agent import (
     AgentBoard,
     AgentState,
     AgentStatus,
+    SHUTDOWN_REASON,
     BoardChange,
     CallMismatch,
+    LoggedState,
+    restoration,
 )
 from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import AgentProfile, Queue, QueueMembership, Strategy
@@ -109,7 +115,10 @@ class AgentMachine(RuleBasedStateMachine):
             assert (row.reason, row.at, row.event) == (after.reason, self.now, event)
             assert row.queues == after.queues
             assert row.tenants == (() if row.state is S.LOGGED_OUT else ("acme", "globex"))
-            assert (row.reason is not None) == (row.state is S.PAUSED)
+            if event == "Shutdown":
+                assert (row.state, row.reason) == (S.LOGGED_OUT, SHUTDOWN_REASON)
+            else:
+                assert (row.reason is not None) == (row.state is S.PAUSED)
 
     def check_timers(self, agent: str, change: BoardChange) -> None:
         for timer in change.timers:
@@ -335,6 +344,50 @@ class AgentMachine(RuleBasedStateMachine):
         with pytest.raises(CallMismatch):
             self.board.offer_answered(agent, call, self.now)
         assert self.board.status(agent) == status
+
+    @rule(stopped_s=st.sampled_from([5, 899, 901, 3600]))
+    def restart(self, stopped_s: int) -> None:
+        """The controller stops (every agent out), then starts again after
+        `stopped_s`; each agent comes back from its last two log rows only."""
+        now = self.tick()
+        before = {a: self.board.status(a) for a in AGENTS}
+        last_rows: dict[str, list[LoggedState]] = {}
+        for agent in AGENTS:
+            status = before[agent]
+            if status.state is S.LOGGED_OUT:
+                last_rows[agent] = []  # its last row (if any) says logged out
+                assert self.board.status(agent).state is S.LOGGED_OUT
+                continue
+            assert status.since is not None
+            previous = LoggedState(status.state, status.reason, status.queues, status.since)
+            change = self.feed(agent, "Shutdown", lambda a=agent: self.board.shutdown(a, now))
+            assert change is not None
+            (row,) = change.records
+            last_rows[agent] = [LoggedState(row.state, row.reason, row.queues, row.at), previous]
+            self.shadow.misses[agent] = 0
+        for call_id in self.ringing_calls():
+            self.book.withdraw(call_id)
+        assert not self.board.available()
+        start = self.tick(stopped_s)
+        for agent in AGENTS:
+            back = restoration(last_rows[agent], start, timedelta(seconds=900))
+            was = before[agent]
+            if was.state is S.LOGGED_OUT or stopped_s > 900:
+                assert back is None
+                continue
+            assert back is not None
+            self.feed(
+                agent,
+                "Restore",
+                lambda a=agent, b=back: self.board.restore(
+                    a, start, queues=b.queues, paused_reason=b.paused_reason
+                ),
+            )
+            after = self.board.status(agent)
+            expected = (S.PAUSED, was.reason) if was.state is S.PAUSED else (S.READY, None)
+            assert (after.state, after.reason) == expected
+            assert after.queues == was.queues
+        hypothesis.event(f"restart after {stopped_s} s")
 
     def check_wrapup_end(self, before: AgentStatus, after: AgentStatus) -> None:
         assert before.state is S.WRAP_UP

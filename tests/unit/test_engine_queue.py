@@ -25,6 +25,7 @@ from pbx_controller.core.engine import (
     OVERFLOW_CONTEXT,
     Engine,
 )
+from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import (
     AgentProfile,
     Announcements,
@@ -765,3 +766,35 @@ def test_the_cdr_wait_after_an_overflow_to_another_queue_counts_both_queues() ->
     cdr = desk.caller_leaves(1, when=100)
     assert cdr.queue_id == "backup"
     assert cdr.wait_ms == 63_000  # 60 s in sales, then 3 s in backup
+
+
+# -- a controller restart --------------------------------------------------------------------
+
+
+def test_a_stopping_engine_logs_every_agent_out_and_a_new_one_puts_them_back() -> None:
+    queues = [sales(), support()]
+    profiles = [agent("ann", "sales", "support"), agent("bob", "sales"), agent("cy", "sales")]
+    desk = Desk(queues, profiles)
+    desk.login("ann", "bob")
+    desk.command("bob", "pause", 1, "lunch")
+    ringing = desk.queue_call(1, 2)
+    assert legs_rung(ringing) == [("call-1-leg1", "PJSIP/ann")]
+
+    stopping = desk.feed(e.ControllerStopping(), 3)
+    assert sorted(moves(stopping)) == [
+        ("ann", S.RESERVED, S.LOGGED_OUT, "Shutdown"),
+        ("bob", S.PAUSED, S.LOGGED_OUT, "Shutdown"),
+    ]  # cy was never logged in: no row
+
+    # The next run: ann (ringing at the stop) comes back ready, bob paused
+    # for lunch, and ann takes the first call in the queue she chose.
+    again = Desk(queues, profiles)
+    assert moves(again.feed(e.AgentRestored("ann", None, ("sales",)), 10)) == [
+        ("ann", S.LOGGED_OUT, S.READY, "Restore")
+    ]
+    again.feed(e.AgentRestored("bob", "lunch"), 10)
+    assert again.engine.board.status("bob").reason == "lunch"
+    assert again.engine.board.status("ann").queues == ("sales",)
+    assert legs_rung(again.queue_call(1, 11)) == [("call-1-leg1", "PJSIP/ann")]
+    with pytest.raises(InvalidTransition):  # already back
+        again.feed(e.AgentRestored("ann"), 12)

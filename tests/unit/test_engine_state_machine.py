@@ -314,7 +314,15 @@ def test_every_event_kind_is_probed() -> None:
     # Not about the caller's channel: agent commands go to the board, and an
     # agent leg's answer is tested with the queue flow (test_engine_queue.py).
     # Recording legs are tested with the consent flow (test_engine_consent.py).
-    elsewhere = {"AgentCommand", "AgentLegAnswered", "RecordingStarted", "RecordingFinished"}
+    # A restart's restore and stop touch agents only (test_engine_queue.py).
+    elsewhere = {
+        "AgentCommand",
+        "AgentLegAnswered",
+        "RecordingStarted",
+        "RecordingFinished",
+        "AgentRestored",
+        "ControllerStopping",
+    }
     assert probed | arrivals | elsewhere == {cls.__name__ for cls in e.Event.__args__}
 
 

@@ -1,0 +1,162 @@
+"""A controller restart does not log the agents out. `pbxctl serve` stopped
+(SIGTERM) or killed (kill -9) and started again puts each agent back as it
+was, ready or paused with its reason, in the queues it had chosen; a real
+call through Asterisk then reaches a restored agent with nobody dialling
+the login code again. After a stop longer than `agents_restore_within_s`
+they start logged out. The agent state log says the same as the
+controller throughout: readiness billing reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from pbx_controller.core.agent import SHUTDOWN_REASON
+from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
+from pbx_controller.store import models as m
+from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
+from tests.integration.cdr_support import PBXCTL, Serve, apoll, cdr_rows, place_call
+
+pytestmark = pytest.mark.asterisk
+
+DID = "48227100"
+CONFIG = f"""
+[tenants.rst]
+name = "Restart Co"
+greeting = ["sound:beep"]
+consent_policy = "off"
+
+[[tenants.rst.dids]]
+number = "{DID}"
+queue = "rst-front"
+
+[queues.rst-front]
+tenant = "rst"
+strategy = "longest_idle"
+ring_timeout_s = 5
+wrapup_s = 0
+
+[queues.rst-front.announcements]
+position = false
+estimated_wait = false
+
+[queues.rst-back]
+tenant = "rst"
+wrapup_s = 0
+
+[queues.rst-back.announcements]
+position = false
+estimated_wait = false
+
+# Local-channel agents (dialplan/pbx-bench.conf): they answer at once and
+# hang up after a second.
+[agents.ann]
+name = "Ann"
+endpoint = "Local/2001@pbx-bench-agent"
+queues = ["rst-front", "rst-back"]
+
+[agents.bob]
+name = "Bob"
+endpoint = "Local/2002@pbx-bench-agent"
+queues = ["rst-front"]
+"""
+
+
+def pbxctl(serve: Serve, *args: str) -> str:
+    done = subprocess.run(
+        [PBXCTL, *args], env=serve.env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def agents(serve: Serve) -> dict[str, tuple[str, str | None, list[str]]]:
+    listed: list[dict[str, Any]] = json.loads(pbxctl(serve, "agent", "list", "--format", "json"))
+    return {x["agent_id"]: (x["state"], x["reason"], x["queues"]) for x in listed}
+
+
+async def last_rows(url: str) -> dict[str, tuple[str, str | None, list[str]]]:
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            rows = (
+                await session.scalars(select(m.AgentStateLog).order_by(m.AgentStateLog.id))
+            ).all()
+    finally:
+        await engine.dispose()
+    return {r.agent_id: (r.state, r.reason, r.queue_ids) for r in rows}
+
+
+async def answered_by(url: str, asterisk: SandboxAsterisk, calls_before: int) -> str | None:
+    place_call(asterisk, DID)
+    rows = await apoll(lambda: _more_cdrs(url, calls_before), timeout=20)
+    (cdr,) = rows[calls_before:]
+    assert cdr.disposition == "answered", (cdr.disposition, cdr.hangup_cause)
+    return cdr.agent_id
+
+
+async def _more_cdrs(url: str, n: int) -> list[m.Cdr] | None:
+    rows = await cdr_rows(url)
+    return rows if len(rows) > n else None
+
+
+async def test_agents_come_back_after_a_stop_and_a_kill(
+    asterisk: SandboxAsterisk, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
+    await upgrade_to_head(url)
+    (tmp_path / "var").mkdir()
+    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
+    serve.env["PBX_HTTP__PORT"] = str(free_port())
+    config = tmp_path / "pbx.toml"
+    config.write_text(CONFIG)
+    pbxctl(serve, "config", "apply", str(config))
+    try:
+        await serve.start()
+        pbxctl(serve, "agent", "login", "ann")
+        pbxctl(serve, "agent", "login", "bob")
+        pbxctl(serve, "agent", "pause", "bob", "--reason", "lunch")
+        before = agents(serve)
+        assert before == {
+            "ann": ("ready", None, ["rst-back", "rst-front"]),
+            "bob": ("paused", "lunch", ["rst-front"]),
+        }
+
+        # SIGTERM: both logged out in the log, saying why.
+        assert await serve.terminate() == 0
+        assert await last_rows(url) == {
+            "ann": ("logged_out", SHUTDOWN_REASON, []),
+            "bob": ("logged_out", SHUTDOWN_REASON, []),
+        }
+        await serve.start()
+        assert "2 agent(s) back as the last run left them (1 paused)" in serve.log()
+        assert agents(serve) == before
+        assert await answered_by(url, asterisk, 0) == "ann"  # no login code dialled
+
+        # kill -9 mid-run: no word from the dying run; the log's last rows
+        # (ready, paused) put them back all the same.
+        serve.kill9()
+        await serve.start()
+        assert agents(serve) == before
+        assert await answered_by(url, asterisk, 1) == "ann"
+        rows = await last_rows(url)
+        assert rows["bob"] == ("paused", "lunch", ["rst-front"])
+
+        # A stop longer than agents_restore_within_s: everyone starts out.
+        assert await serve.terminate() == 0
+        serve.env["PBX_AGENTS_RESTORE_WITHIN_S"] = "0"
+        await asyncio.sleep(0.01)  # the stop is now older than 0 s
+        await serve.start()
+        assert {k: v[0] for k, v in agents(serve).items()} == {
+            "ann": "logged_out",
+            "bob": "logged_out",
+        }
+        assert "back as the last run left them" not in serve.log()
+    finally:
+        serve.cleanup()
