@@ -32,10 +32,10 @@ from pbx_controller.core.actions import CancelTimer, StartTimer
 from pbx_controller.core.agent import (
     AGENT_TRANSITIONS,
     AUTO_PAUSE_REASON,
+    SHUTDOWN_REASON,
     AgentBoard,
     AgentState,
     AgentStatus,
-    SHUTDOWN_REASON,
     BoardChange,
     CallMismatch,
     LoggedState,
