@@ -161,6 +161,10 @@ class LoggingCdrSink:
         )
 
 
+class ReloadRefused(Exception):
+    """A live reload that was not applied; the message says why."""
+
+
 class Controller:
     def __init__(
         self,
@@ -173,8 +177,11 @@ class Controller:
         agent_log: AgentLogSink | None = None,
         recordings: RecordingSink | None = None,
         restored: Sequence[e.AgentRestored] = (),
+        load_directory: Callable[[], Awaitable[Directory]] | None = None,
     ) -> None:
         self.settings = settings
+        # Where a live reload reads the configuration from (the database).
+        self.load_directory = load_directory
         # Agents an earlier run left logged in: back before the first call.
         self.restored = tuple(restored)
         self.engine = Engine(directory)
@@ -337,6 +344,30 @@ class Controller:
         if event is not None:
             self._handle(event)
 
+    async def reload_configuration(self) -> Directory:
+        """Read the configuration again and apply it live (SIGHUP, `pbxctl
+        config reload`): no call is dropped, no agent logged out. Raises
+        ReloadRefused, saying why, with nothing changed."""
+        if self.load_directory is None:
+            raise ReloadRefused("this controller has no configuration store to reload from")
+        try:
+            directory = await self.load_directory()
+        except Exception as exc:
+            raise ReloadRefused(f"configuration unreadable: {type(exc).__name__}: {exc}") from None
+        try:
+            actions = self.engine.reload(directory, self.clock())
+        except ValueError as exc:
+            raise ReloadRefused(str(exc)) from None
+        self.executor.submit(actions)
+        log.info(
+            "configuration reloaded: %d tenants, %d DIDs, %d queues, %d agents",
+            len(directory.tenants),
+            len(directory.dids),
+            len(directory.queues),
+            len(directory.agents),
+        )
+        return directory
+
     def agent_command(self, agent_id: str, command: str, reason: str = "") -> str:
         """Log in, log out, pause, unpause or end wrap-up for an agent, now.
         Returns the result code the feature code and the API report:
@@ -475,6 +506,14 @@ def _stasis_role(channel: dict[str, Any]) -> str:
     return data[1] if len(data) > 1 else ""
 
 
+async def _reload_on_signal(controller: Controller) -> None:
+    log.info("SIGHUP: reloading the configuration")
+    try:
+        await controller.reload_configuration()
+    except ReloadRefused as exc:
+        log.error("configuration not reloaded: %s", exc)
+
+
 def freeze_startup_heap() -> None:
     """Take what start-up allocated (modules, ORM metadata, the directory)
     out of the cyclic collector's reach: it lives as long as the process, and
@@ -491,15 +530,31 @@ async def serve(
     agent_log: AgentLogSink | None = None,
     recordings: RecordingSink | None = None,
     restored: Sequence[e.AgentRestored] = (),
+    load_directory: Callable[[], Awaitable[Directory]] | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down in reverse order."""
+    """Run until SIGTERM or SIGINT, then shut down in reverse order. SIGHUP
+    reloads the configuration (`load_directory`) live."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     controller = Controller(
-        settings, directory, cdrs, agent_log=agent_log, recordings=recordings, restored=restored
+        settings,
+        directory,
+        cdrs,
+        agent_log=agent_log,
+        recordings=recordings,
+        restored=restored,
+        load_directory=load_directory,
     )
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(_reload_on_signal(controller))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     freeze_startup_heap()
     run = asyncio.create_task(controller.run(), name="controller")
     stopping = asyncio.create_task(stop.wait())

@@ -12,6 +12,10 @@
                                     a live call's recording (withdrawal, PCI
                                     pause); `tenant` is required: 200 OK,
                                     404 UNKNOWN_CALL, 409 NOT_RECORDING
+    POST /config/reload             read the configuration again and apply it
+                                    live (as SIGHUP does): 200 {"result": "OK",
+                                    "tenants": n, ...}, 409 REFUSED with the
+                                    reason (nothing changed)
 
 `http_api(controller)` is a controller part (pbx_controller.parts): it binds
 `settings.http` once ARI is connected and is cleaned up, connections and
@@ -50,6 +54,7 @@ from pbx_controller.core.agent import MAX_REASON_LENGTH, AgentState, AgentStatus
 from pbx_controller.core.call_flow import Call
 from pbx_controller.core.engine import Engine
 from pbx_controller.core.routing import queue_positions
+from pbx_controller.service import ReloadRefused
 
 if TYPE_CHECKING:
     from pbx_controller.service import Controller
@@ -160,6 +165,7 @@ def build_app(controller: Controller) -> web.Application:
     app.router.add_post("/agents/{agent_id}/" + command, api.agent_command)
     recording = "{command:" + "|".join(RECORDING_COMMANDS) + "}"
     app.router.add_post("/calls/{call_id}/recording/" + recording, api.recording_command)
+    app.router.add_post("/config/reload", api.config_reload)
     return app
 
 
@@ -226,6 +232,22 @@ class _Handlers:
     async def agents(self, request: web.Request) -> web.Response:
         tenant = _tenant(request, self.controller.engine)
         return web.json_response({"agents": agents_view(self.controller.engine, tenant)})
+
+    async def config_reload(self, request: web.Request) -> web.Response:
+        try:
+            directory = await self.controller.reload_configuration()
+        except ReloadRefused as exc:
+            log.error("configuration not reloaded (HTTP API): %s", exc)
+            return web.json_response({"result": "REFUSED", "error": str(exc)}, status=409)
+        return web.json_response(
+            {
+                "result": "OK",
+                "tenants": len(directory.tenants),
+                "dids": len(directory.dids),
+                "queues": len(directory.queues),
+                "agents": len(directory.agents),
+            }
+        )
 
     async def agent_command(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]

@@ -1,6 +1,7 @@
 """`pbxctl config`: tenants, DIDs, queues, agents and skills from one file.
 
     pbxctl config apply pbx.toml [--dry-run]
+    pbxctl config reload
     pbxctl config show > pbx.toml
 
 `apply` validates the file before touching the database, prints one line
@@ -10,11 +11,14 @@ file again prints "no changes". `--dry-run` prints the plan and writes
 nothing. `show` prints the stored configuration as a file `apply` accepts,
 so `apply` of `show` changes nothing.
 
-A running controller reads the configuration when it starts: restart it
-(`pbxctl serve`) after an apply.
+`reload` makes the running controller read the configuration again and
+apply it live (as `kill -HUP` does): calls in progress go on, agents stay
+as they are. It is refused, with the reason and nothing changed, while it
+would drop a queue a live call is in or a logged-in agent.
 
-Exit status: 0 done, 2 an invalid file (one line per problem, each naming
-its key) or the database unreachable or unmigrated.
+Exit status: 0 done, 1 a reload refused, 2 an invalid file (one line per
+problem, each naming its key), the database unreachable or unmigrated, or
+the controller not running (reload).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
 
     from pbx_controller.config import Settings
 
-__all__ = ["DB_TIMEOUT_S", "on_database", "register", "run_apply", "run_show"]
+__all__ = ["DB_TIMEOUT_S", "on_database", "register", "run_apply", "run_reload", "run_show"]
 
 R = TypeVar("R")
 
@@ -74,6 +78,17 @@ def run_apply(args: argparse.Namespace) -> int:
         print(f"{count} (dry run: nothing written)")
     else:
         print(f"{count} applied")
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    from pbx_controller.cli.agent import post_command
+
+    answer = post_command(args, "/config/reload", {}, ("REFUSED",))
+    if answer is None:
+        return 1
+    counts = ", ".join(f"{answer.get(k)} {k}" for k in ("tenants", "dids", "queues", "agents"))
+    print(f"configuration reloaded: {counts}")
     return 0
 
 
@@ -137,11 +152,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="make the database match FILE, printing each change",
         description="Validate FILE, print what differs from the database "
         "(+ created, ~ changed, - removed or deactivated) and write it in one transaction. "
-        "A running controller picks the change up when it restarts.",
+        "A running controller picks the change up on `pbxctl config reload` (or a restart).",
     )
     apply.add_argument("file", type=Path, metavar="FILE", help="the pbx.toml to apply")
     apply.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
     apply.set_defaults(func=run_apply)
+    reload = actions.add_parser(
+        "reload",
+        help="make the running controller apply the stored configuration live",
+        description="Ask the running controller (its HTTP API) to read the configuration "
+        "again and apply it without dropping a call or logging an agent out. Refused, "
+        "with the reason, while it would drop a queue a live call is in or a logged-in agent.",
+    )
+    reload.set_defaults(func=run_reload)
     show = actions.add_parser(
         "show",
         help="print the stored configuration as pbx.toml",

@@ -79,6 +79,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
     from pbx_controller.store.agent_log import DatabaseAgentLog, restorations
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
     from pbx_controller.store.db import make_sessionmaker
+    from pbx_controller.store.directory import load_directory
     from pbx_controller.store.outbox import CdrOutbox, OutboxError
 
     url = settings.database.url.get_secret_value()
@@ -113,7 +114,15 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
         try:
             outbox.start()
             try:
-                await serve(settings, directory, outbox, agent_log, recordings, restored)
+                await serve(
+                    settings,
+                    directory,
+                    outbox,
+                    agent_log,
+                    recordings,
+                    restored,
+                    load_directory=lambda: load_directory(make_sessionmaker(engine)),
+                )
             except AriError as exc:
                 raise CliError(str(exc)) from None
             except OSError as exc:  # a listener's port is taken

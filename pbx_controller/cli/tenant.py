@@ -10,8 +10,8 @@ and prints the change ("acme: consent_policy notify -> opt_in"):
            out; staying on the line is consent;
 - opt_in:  only the agree digit allows recording (the GDPR-safe default).
 
-A running controller reads tenants when it starts: restart it (`pbxctl
-serve`) for the new policy to apply to calls. The next `pbxctl config
+A running controller reads tenants when it starts: `pbxctl config reload`
+(or a restart) applies the new policy to calls from then on. The next `pbxctl config
 apply` of a pbx.toml with another `consent_policy` sets that one again:
 change the file too.
 

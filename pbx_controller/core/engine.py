@@ -86,10 +86,25 @@ class Engine:
         self._recording_timers: dict[str, str] = {}  # timer id -> call id
 
     def reload(self, directory: Directory, now: datetime) -> list[a.Action]:
-        """New configuration: new calls use it at once; agents keep their state."""
+        """New configuration, live: calls and agents keep their state; the
+        queues' new rules apply from now on (a waiting caller's next offer,
+        ring timeout or overflow check), new DIDs, queues and agents at once.
+
+        Refused (ValueError; nothing changed) while it would drop a queue a
+        live call is in, or an agent who is logged in: the operator reloads
+        once they are done, or logs the agent out first."""
+        busy = sorted(
+            {
+                call.queue_id
+                for call in self.calls.values()
+                if call.queue_id is not None and call.queue_id not in directory.queues
+            }
+        )
+        if busy:
+            raise ValueError(f"queues {busy} still have live calls: reload when they are over")
+        change = self.board.reconfigure(directory.agents.values(), directory.queues, now)
         self.directory = directory
         self.router.reload(directory.queues)
-        change = self.board.reconfigure(directory.agents.values(), directory.queues, now)
         return self._board(change) + self._route(now)
 
     # -- entry point ---------------------------------------------------------------

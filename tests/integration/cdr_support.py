@@ -1,5 +1,6 @@
-"""Support for the CDR outbox and reconcile tests: `pbxctl serve` as a child
-process, a private PostgreSQL cluster that can really be stopped, a TCP
+"""Support for the tests of `pbxctl serve` as ops run it (CDR outbox,
+reconcile, restarts, reload): the service as a child process, `pbxctl`
+against it, a private PostgreSQL cluster that can really be stopped, a TCP
 proxy that can hold a database connection mid-flight, an AMI listener that
 sees when Asterisk did things, and small database helpers.
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -174,6 +176,21 @@ class Serve:
                 self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+def pbxctl(serve: Serve, *args: str) -> str:
+    """`pbxctl ARGS` against that controller and database; must succeed."""
+    done = subprocess.run(
+        [PBXCTL, *args], env=serve.env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def agents(serve: Serve) -> dict[str, tuple[str, str | None, list[str]]]:
+    """The controller's agents: id -> (state, reason, queues served)."""
+    listed: list[dict[str, Any]] = json.loads(pbxctl(serve, "agent", "list", "--format", "json"))
+    return {x["agent_id"]: (x["state"], x["reason"], x["queues"]) for x in listed}
 
 
 # --------------------------------------------------------------------------

@@ -9,10 +9,7 @@ controller throughout: readiness billing reads it."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +18,7 @@ from pbx_controller.core.agent import SHUTDOWN_REASON
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
 from pbx_controller.store import models as m
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
-from tests.integration.cdr_support import PBXCTL, Serve, apoll, cdr_rows, place_call
+from tests.integration.cdr_support import Serve, agents, apoll, cdr_rows, pbxctl, place_call
 
 pytestmark = pytest.mark.asterisk
 
@@ -66,19 +63,6 @@ name = "Bob"
 endpoint = "Local/2002@pbx-bench-agent"
 queues = ["rst-front"]
 """
-
-
-def pbxctl(serve: Serve, *args: str) -> str:
-    done = subprocess.run(
-        [PBXCTL, *args], env=serve.env, capture_output=True, text=True, timeout=30, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def agents(serve: Serve) -> dict[str, tuple[str, str | None, list[str]]]:
-    listed: list[dict[str, Any]] = json.loads(pbxctl(serve, "agent", "list", "--format", "json"))
-    return {x["agent_id"]: (x["state"], x["reason"], x["queues"]) for x in listed}
 
 
 async def last_rows(url: str) -> dict[str, tuple[str, str | None, list[str]]]:

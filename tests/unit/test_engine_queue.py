@@ -798,3 +798,49 @@ def test_a_stopping_engine_logs_every_agent_out_and_a_new_one_puts_them_back() -
     assert legs_rung(again.queue_call(1, 11)) == [("call-1-leg1", "PJSIP/ann")]
     with pytest.raises(InvalidTransition):  # already back
         again.feed(e.AgentRestored("ann"), 12)
+
+
+# -- a live reload ---------------------------------------------------------------------------
+
+
+def test_a_live_reload_keeps_calls_and_agents_and_refuses_to_drop_what_is_in_use() -> None:
+    profiles = [agent("ann", "sales"), agent("bob", "sales")]
+    desk = Desk([sales(), support()], profiles)
+    desk.login("ann")
+    desk.command("ann", "pause", 0.5, "brief")
+    desk.queue_call(1, 1)  # waits: nobody ready
+    engine = desk.engine
+    before = engine.directory
+
+    # Dropping the queue the caller waits in, or the logged-in ann: refused, nothing changed.
+    no_sales = Directory.build([Tenant("globex", "Globex")], [], queues=[support()])
+    with pytest.raises(ValueError, match=r"\['sales'\] still have live calls"):
+        engine.reload(no_sales, at(2))
+    only_bob = Directory.build(
+        [Tenant("acme", "Acme")],
+        [(ACME_DID, "acme")],
+        queues=[sales()],
+        agents=profiles[1:],
+        did_queues=[(ACME_DID, "sales")],
+    )
+    with pytest.raises(ValueError, match="logged in"):
+        engine.reload(only_bob, at(2))
+    assert engine.directory is before
+    assert desk.state("ann") is S.PAUSED
+
+    # A new agent: the reload adds him, ann stays paused, the caller keeps her
+    # place, and the newcomer's login gets him the call at once.
+    carl = agent("carl", "sales")
+    grown = Directory.build(
+        [Tenant("acme", "Acme")],
+        [(ACME_DID, "acme")],
+        queues=[sales(ring_timeout_ms=9_000)],
+        agents=[*profiles, carl],
+        did_queues=[(ACME_DID, "sales")],
+    )
+    assert engine.reload(grown, at(3)) == []
+    assert desk.state("ann") is S.PAUSED
+    assert desk.call_state(1) is CallState.QUEUED
+    rung = desk.command("carl", "login", 4)
+    assert legs_rung(rung) == [("call-1-leg1", "PJSIP/carl")]
+    assert timer(rung, "ring").delay_ms == 9_000  # the reloaded queue's rule
