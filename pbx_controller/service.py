@@ -31,7 +31,15 @@ from pbx_controller.asterisk.ari import (
     StreamConnected,
     StreamDisconnected,
 )
-from pbx_controller.asterisk.events import TRANSLATED, AriEventError, adopted_call, translate
+from pbx_controller.asterisk.events import (
+    TRANSLATED,
+    AriEventError,
+    TalkingCall,
+    adopted_call,
+    answer_time,
+    talking_call,
+    translate,
+)
 from pbx_controller.asterisk.executor import AgentLogSink, CdrSink, Executor, RecordingSink
 from pbx_controller.config import Settings
 from pbx_controller.core import actions as a
@@ -40,6 +48,7 @@ from pbx_controller.core.agent import NotAMember, UnknownAgent
 from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.core.engine import (
     AGENT_ROLE,
+    BRIDGE_SUFFIX,
     FALLBACK_CONTEXT,
     Engine,
     NotRecording,
@@ -440,6 +449,9 @@ class Controller:
                     self._handle(e.PlaybackFinished(playback_id, ""))
             if not reconnect:
                 listed = [c for c in await self.ari.list_channels() if self._in_our_app(c)]
+                # Before any later event is handled (the inbox waits for us):
+                # no new caller is offered to an agent who is still talking.
+                await self._adopt_talking_calls(listed)
                 # A call that entered the app just now has its StasisStart
                 # queued behind us: decide after it had time to be handled.
                 asyncio.get_running_loop().call_later(
@@ -464,6 +476,68 @@ class Controller:
             )
         except AriError as exc:
             log.warning("ARI event filter not set (all events will come): %s", exc)
+
+    async def _adopt_talking_calls(self, listed: list[dict[str, Any]]) -> None:
+        """Calls an earlier run left bridged with their agent go on: the
+        engine takes them over as they are, and bills their whole talk
+        (answered when Asterisk's CDR says). Any other call bridge an
+        earlier run left (empty, or half a call) is destroyed."""
+        ours = {c["id"]: c for c in listed}
+        for bridge in await self.ari.list_bridges():
+            talking = talking_call(bridge, ours)
+            if talking is not None and await self._adopt_talking(talking):
+                continue
+            if _stale_call_bridge(bridge, ours):
+                log.warning("bridge %s left by an earlier run; destroying it", bridge["id"])
+                self.executor.submit([a.DestroyBridge(bridge["id"])])
+
+    async def _adopt_talking(self, talking: TalkingCall) -> bool:
+        answered_at = await self._answer_time(talking)
+        link = e.AdoptedConnection(
+            talking.agent_channel_id,
+            talking.agent_id,
+            talking.queue_id,
+            talking.bridge_id,
+            answered_at,
+        )
+        try:
+            event = adopted_call(talking.caller, link)
+        except AriEventError as exc:
+            log.error("cannot adopt the call in bridge %s: %s", talking.bridge_id, exc)
+            return False
+        self._seen_channels.append(event.channel_id)
+        self._handle(event)
+        call = self.engine.calls.get(event.call_id)
+        if call is None or call.agent_channel != talking.agent_channel_id:
+            # The engine sent the caller to the fallback (agent or queue
+            # configured away): the agent's leg goes, as any orphan's.
+            log.warning("call %s left talking by an earlier run cannot go on", event.call_id)
+            self.executor.submit([a.Hangup(talking.agent_channel_id)])
+            return False
+        log.warning(
+            "call %s (agent %s) was left talking by an earlier run; it goes on",
+            event.call_id,
+            talking.agent_id,
+        )
+        self._seen_channels.append(talking.agent_channel_id)
+        return True
+
+    async def _answer_time(self, talking: TalkingCall) -> datetime:
+        try:
+            value = await self.ari.get_variable(talking.agent_channel_id, "CDR(answer,u)")
+        except AriError:
+            value = ""
+        answered_at = answer_time(value)
+        if answered_at is None:
+            # No CDR kept (cdr.conf): the leg's creation, a few seconds of
+            # ringing early, is the nearest time Asterisk still knows.
+            log.warning(
+                "call in bridge %s: answer time unknown (Asterisk keeps no CDR); "
+                "billing from its agent leg's creation",
+                talking.bridge_id,
+            )
+            answered_at = talking.agent_created_at
+        return answered_at
 
     def _release_orphans(self, candidates: _OrphanCandidates) -> None:
         for channel in candidates.channels:
@@ -498,6 +572,19 @@ class Controller:
         dialplan = channel.get("dialplan") or {}
         data = str(dialplan.get("app_data", ""))
         return dialplan.get("app_name") == "Stasis" and data.split(",", 1)[0] == self.ari.app
+
+
+def _stale_call_bridge(bridge: dict[str, Any], ours: dict[str, Any]) -> bool:
+    """A call bridge (the engine's naming) of an earlier run that nothing
+    goes on in: empty, or holding only channels of our app."""
+    bridge_id, members = bridge.get("id"), bridge.get("channels")
+    return (
+        isinstance(bridge_id, str)
+        and bridge_id.endswith(BRIDGE_SUFFIX)
+        and bridge.get("bridge_class") == "stasis"
+        and isinstance(members, list)
+        and all(member in ours for member in members)
+    )
 
 
 def _stasis_role(channel: dict[str, Any]) -> str:

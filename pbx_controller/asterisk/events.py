@@ -7,11 +7,14 @@ else, whatever the JSON (a fuzz test holds it to that).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pbx_controller.core import events as e
+from pbx_controller.core.engine import BRIDGE_SUFFIX
 
 
 class AriEventError(ValueError):
@@ -149,7 +152,7 @@ def stasis_role(event: Any) -> str:
     return args[0] if isinstance(args, list) and args and isinstance(args[0], str) else ""
 
 
-def adopted_call(channel: Any) -> e.CallAdopted:
+def adopted_call(channel: Any, connected: e.AdoptedConnection | None = None) -> e.CallAdopted:
     """A channel found in our app at start-up (from `GET /channels`), as a
     core event. Its DID is the Stasis() argument the dialplan gave it."""
     data = _str(channel, "dialplan", "app_data").split(",")
@@ -157,13 +160,79 @@ def adopted_call(channel: Any) -> e.CallAdopted:
         raise AriEventError(f"not an inbound call: Stasis({','.join(data)})")
     channel_id = _str(channel, "id")
     try:
-        arrived_at = datetime.strptime(_str(channel, "creationtime"), "%Y-%m-%dT%H:%M:%S.%f%z")
         return e.CallAdopted(
-            call_id=_opt(channel, "channelvars", "PBX_CALL_ID") or channel_id,
+            call_id=_call_id(channel),
             channel_id=channel_id,
             did=data[2],
-            arrived_at=arrived_at.astimezone(UTC),
+            arrived_at=_created(channel),
             caller_number=_opt(channel, "caller", "number"),
+            connected=connected,
         )
     except (ValueError, OverflowError) as exc:
         raise AriEventError(f"channel {channel_id}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TalkingCall:
+    """A caller and its agent still bridged in our app at start-up."""
+
+    caller: dict[str, Any]  # the caller's channel, as `GET /channels` lists it
+    agent_channel_id: str
+    agent_id: str
+    queue_id: str
+    bridge_id: str
+    agent_created_at: datetime
+
+
+def talking_call(bridge: Any, ours: Mapping[str, Any]) -> TalkingCall | None:
+    """The call a bridge from `GET /bridges` holds, when it is one of ours
+    still talking: its caller (role inbound) and the agent leg offered for
+    that very call (role agent, with the queue the offer came from), both in
+    our app (`ours`: channel id -> channel). None for anything else."""
+    if not isinstance(bridge, dict):
+        return None
+    bridge_id, members = bridge.get("id"), bridge.get("channels")
+    if not isinstance(bridge_id, str) or not bridge_id.endswith(BRIDGE_SUFFIX):
+        return None
+    if not isinstance(members, list) or len(members) != 2:
+        return None
+    roles: dict[str, Any] = {}  # Stasis(app,<role>,...) -> channel
+    for member in members:
+        channel = ours.get(member) if isinstance(member, str) else None
+        app_args = _opt(channel, "dialplan", "app_data").split(",")
+        if channel is not None and len(app_args) > 1:
+            roles[app_args[1]] = channel
+    caller, agent = roles.get("inbound"), roles.get("agent")
+    if caller is None or agent is None:
+        return None
+    call_id = bridge_id.removesuffix(BRIDGE_SUFFIX)
+    args = _opt(agent, "dialplan", "app_data").split(",")
+    if len(args) < 5 or args[2] != call_id or not args[3] or not args[4]:
+        return None  # another call's leg, or one without its queue (an older run)
+    try:
+        if _call_id(caller) != call_id:
+            return None
+        return TalkingCall(caller, _str(agent, "id"), args[3], args[4], bridge_id, _created(agent))
+    except (ValueError, OverflowError):  # AriEventError included
+        return None
+
+
+def answer_time(value: str) -> datetime | None:
+    """`CDR(answer,u)` (epoch seconds): when a channel was answered; None
+    when Asterisk keeps no CDR for it (empty, or 0 when not answered)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not (math.isfinite(seconds) and seconds > 0):
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _call_id(channel: Any) -> str:
+    return _opt(channel, "channelvars", "PBX_CALL_ID") or _str(channel, "id")
+
+
+def _created(channel: Any) -> datetime:
+    created = datetime.strptime(_str(channel, "creationtime"), "%Y-%m-%dT%H:%M:%S.%f%z")
+    return created.astimezone(UTC)

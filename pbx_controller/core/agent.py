@@ -125,6 +125,10 @@ AGENT_TRANSITIONS: TransitionTable[AgentState] = TransitionTable(
         (_A.ON_CALL, "CallEnded"): _FREED | {_A.WRAP_UP},
         # The wrap-up timer fired, or the agent said it is done early.
         (_A.WRAP_UP, "WrapUpEnded"): _FREED,
+        # A new run finds the agent still talking on a call it adopts.
+        (_A.LOGGED_OUT, "CallAdopted"): frozenset({_A.ON_CALL}),
+        (_A.READY, "CallAdopted"): frozenset({_A.ON_CALL}),
+        (_A.PAUSED, "CallAdopted"): frozenset({_A.ON_CALL}),
         # A new run puts an agent back as the last run left it (logged in).
         (_A.LOGGED_OUT, "Restore"): frozenset({_A.READY, _A.PAUSED}),
         # The controller stops: whatever the agent was doing, it is served no more.
@@ -337,6 +341,23 @@ class AgentBoard:
         ag = self._get(agent_id, now)
         kept = frozenset(queues) & {m.queue_id for m in ag.profile.memberships}
         return self._log_in(ag, kept or None, paused_reason, now, "Restore")
+
+    def call_adopted(
+        self, agent_id: str, call_id: str, queue_id: str, now: datetime
+    ) -> BoardChange:
+        """A new run found the agent still talking on a call of an earlier run:
+        on that call now. Logged out: logged in to every membership first;
+        paused: paused again (same reason) when the call ends."""
+        ag = self._get(agent_id, now)
+        AGENT_TRANSITIONS.targets(ag.state, "CallAdopted")
+        if ag.state is _A.LOGGED_OUT:
+            ag.login_queues = None
+            ag.calls_taken = ag.missed_in_row = 0
+            self._serve(ag)
+        ag.pending = ag.reason if ag.state is _A.PAUSED else None
+        ag.call_id, ag.queue_id = call_id, queue_id
+        ag.calls_taken += 1
+        return BoardChange(self._set(ag, _A.ON_CALL, None, now, "CallAdopted"))
 
     def shutdown(self, agent_id: str, now: datetime) -> BoardChange:
         """The controller stops: log the agent out, saying why (SHUTDOWN_REASON)."""

@@ -42,8 +42,9 @@ _LIVE = (S.GREETING, S.CONSENT, S.QUEUED, S.OFFERING, S.CONNECTED)
 _EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
     # Known DID: answer and greet. Unknown DID or closed: back to the dialplan.
     (S.NEW, "CallArrived"): frozenset({S.GREETING, S.ENDING}),
-    # Left behind by a killed run: hand it to the dialplan fallback.
-    (S.NEW, "CallAdopted"): frozenset({S.ENDING}),
+    # Left behind by a stopped or killed run: still talking to its agent,
+    # it goes on (connected); otherwise it goes to the dialplan fallback.
+    (S.NEW, "CallAdopted"): frozenset({S.ENDING, S.CONNECTED}),
     # The greeting ends: ask for recording consent, or queue the caller, or
     # (no queue) say goodbye; a greeting cut short with the caller still
     # there goes to the fallback.

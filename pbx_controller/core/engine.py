@@ -35,7 +35,10 @@ UNKNOWN_DID_CONTEXT = "pbx-unknown-did"
 FALLBACK_CONTEXT = "pbx-fallback"
 CLOSED_CONTEXT = "pbx-closed"
 OVERFLOW_CONTEXT = "pbx-overflow"
-# App arguments of an agent leg: "agent,<call id>,<agent id>".
+# A call's bridge is "<call id>-bridge": a restarted run finds it by that.
+BRIDGE_SUFFIX = "-bridge"
+# App arguments of an agent leg: "agent,<call id>,<agent id>,<queue id>"
+# (the queue lets a restarted controller adopt a call still talking).
 AGENT_ROLE = "agent"
 # How long a stopped recording waits for Asterisk to report its legs
 # finished before it is processed with what there is (Asterisk restarted).
@@ -116,7 +119,7 @@ class Engine:
             case e.CallArrived():
                 return self._arrived(event, now)
             case e.CallAdopted():
-                return self._adopted(event)
+                return self._adopted(event, now)
             case e.AgentCommand():
                 return self._agent_command(event, now)
             case e.AgentRestored():
@@ -194,7 +197,7 @@ class Engine:
         answer = [] if event.answered else [a.Answer(call.channel_id)]
         return [*answer, self._play(call, tenant.greeting)]
 
-    def _adopted(self, event: e.CallAdopted) -> list[a.Action]:
+    def _adopted(self, event: e.CallAdopted, now: datetime) -> list[a.Action]:
         if event.call_id in self.calls or event.channel_id in self._by_channel:
             raise DuplicateCall(f"call {event.call_id} on {event.channel_id} already tracked")
         call = Call(
@@ -202,11 +205,45 @@ class Engine:
         )
         tenant = self.directory.tenant_for_did(event.did)
         call.tenant_id = tenant.id if tenant else None
+        link = event.connected
+        if (
+            tenant is not None
+            and link is not None
+            and link.queue_id in self.directory.queues
+            and link.agent_id in self.directory.agents
+        ):
+            return self._adopted_connected(call, link, now)
         call.disposition = Disposition.FAILED if tenant else Disposition.UNKNOWN_DID
         call.hangup_side = HangupSide.SYSTEM
         self._track(call)
         self._move(call, "CallAdopted", CallState.ENDING)
         return [a.ContinueInDialplan(call.channel_id, FALLBACK_CONTEXT)]
+
+    def _adopted_connected(
+        self, call: Call, link: e.AdoptedConnection, now: datetime
+    ) -> list[a.Action]:
+        """Still talking: the call goes on where the last run left it. What
+        that run knew and Asterisk does not (the offers, the wait, consent)
+        is gone: one answered segment, wait counted from arrival, consent
+        n/a (its recording legs were stopped)."""
+        actions = self._board(
+            self.board.call_adopted(link.agent_id, call.call_id, link.queue_id, now)
+        )  # refuses (InvalidTransition) an agent already on another call
+        call.queue_id = link.queue_id
+        call.queues_visited = (link.queue_id,)
+        call.first_enqueued_at = call.enqueued_at = call.arrived_at
+        call.answered_at = link.answered_at
+        call.agent_id = link.agent_id
+        call.agent_channel = link.agent_channel_id
+        call.bridge_id = link.bridge_id
+        call.disposition = Disposition.ANSWERED
+        call.segments.append(
+            CdrSegment("offer", link.agent_id, link.answered_at, link.answered_at, "answered")
+        )
+        self._track(call)
+        self._legs[link.agent_channel_id] = (call.call_id, link.agent_id)
+        self._move(call, "CallAdopted", CallState.CONNECTED)
+        return actions
 
     # -- caller channel events ---------------------------------------------------------
 
@@ -441,7 +478,7 @@ class Engine:
             self.offers.open(offer, waiting)
             self._move(call, "Offered", CallState.OFFERING)
             if call.bridge_id is None:  # the first offer: the bridge is made while they ring
-                call.bridge_id = f"{call.call_id}-bridge"
+                call.bridge_id = call.call_id + BRIDGE_SUFFIX
                 actions.append(a.PrepareBridge(call.bridge_id))
             for agent_id in offer.agent_ids:
                 actions += self._board(
@@ -454,7 +491,7 @@ class Engine:
                     a.Originate(
                         leg,
                         self.directory.agents[agent_id].endpoint,
-                        f"{AGENT_ROLE},{call.call_id},{agent_id}",
+                        f"{AGENT_ROLE},{call.call_id},{agent_id},{offer.queue_id}",
                         caller_id=call.caller,
                         # Asterisk gives up a little after our own ring timeout.
                         timeout_ms=offer.ring_timeout_ms + 2000,

@@ -133,19 +133,39 @@ class ChannelHungUp:
 @dataclass(frozen=True, slots=True)
 class CallAdopted:
     """A caller found in our app at start-up, left there by an earlier run of
-    the controller (killed mid-call). Its id and arrival come from Asterisk."""
+    the controller (stopped or killed mid-call). Its id and arrival come from
+    Asterisk; `connected` when it is still bridged with its agent."""
 
     call_id: str
     channel_id: str
     did: str
     arrived_at: datetime
     caller_number: str = ""
+    connected: AdoptedConnection | None = None
 
     def __post_init__(self) -> None:
         _require(self.call_id, "call_id")
         _require(self.channel_id, "channel_id")
         if self.arrived_at.utcoffset() is None:
             raise ValueError("arrived_at must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptedConnection:
+    """The agent side of an adopted call that is still talking: its leg, the
+    bridge they share, and when the agent answered (Asterisk's CDR)."""
+
+    agent_channel_id: str
+    agent_id: str
+    queue_id: str
+    bridge_id: str
+    answered_at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("agent_channel_id", "agent_id", "queue_id", "bridge_id"):
+            _require(getattr(self, name), name)
+        if self.answered_at.utcoffset() is None:
+            raise ValueError("answered_at must be timezone-aware")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A controller restart does not log the agents out. `pbxctl serve` stopped
+"""A controller restart neither logs the agents out nor cuts their calls. `pbxctl serve` stopped
 (SIGTERM) or killed (kill -9) and started again puts each agent back as it
 was, ready or paused with its reason, in the queues it had chosen; a real
 call through Asterisk then reaches a restored agent with nobody dialling
@@ -14,11 +14,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from pbx_controller.asterisk.ari import AriClient
 from pbx_controller.core.agent import SHUTDOWN_REASON
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
 from pbx_controller.store import models as m
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
-from tests.integration.cdr_support import Serve, agents, apoll, cdr_rows, pbxctl, place_call
+from tests.integration.cdr_support import (
+    Serve,
+    agents,
+    apoll,
+    cdr_rows,
+    pbxctl,
+    place_call,
+    poll,
+)
 
 pytestmark = pytest.mark.asterisk
 
@@ -144,3 +153,50 @@ async def test_agents_come_back_after_a_stop_and_a_kill(
         assert "back as the last run left them" not in serve.log()
     finally:
         serve.cleanup()
+
+
+async def test_a_call_goes_on_through_a_kill_and_its_whole_talk_is_billed(
+    asterisk: SandboxAsterisk, tmp_path: Path
+) -> None:
+    """kill -9 mid-conversation: the caller and the agent go on talking, and
+    the next run takes the call over; its CDR has the talk from the answer
+    before the kill to the end. An empty call bridge left behind is swept."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
+    await upgrade_to_head(url)
+    (tmp_path / "var").mkdir()
+    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
+    serve.env["PBX_HTTP__PORT"] = str(free_port())
+    config = tmp_path / "pbx.toml"
+    config.write_text(CONFIG)
+    pbxctl(serve, "config", "apply", str(config))
+    e = asterisk.endpoints
+    ari = AriClient(e.ari_url, e.ari_username, e.ari_password, "restart-test")
+    asterisk.cli("dialplan set global BENCH_TALK 5")
+    try:
+        await serve.start()
+        pbxctl(serve, "agent", "login", "ann")
+        place_call(asterisk, DID)
+        await poll(lambda: agents(serve)["ann"][0] == "on_call", timeout=15)
+        serve.kill9()
+        # What a run killed between an offer and its answer leaves: a bridge.
+        await ari.create_bridge("killed-call-bridge")
+        await serve.start()
+        assert "was left talking by an earlier run; it goes on" in serve.log()
+        assert "bridge killed-call-bridge left by an earlier run" in serve.log()
+        assert agents(serve)["ann"][0] == "on_call"  # not offered another call
+
+        (cdr,) = await apoll(lambda: _more_cdrs(url, 0), timeout=20)
+        assert (cdr.disposition, cdr.agent_id, cdr.queue_id) == ("answered", "ann", "rst-front")
+        assert cdr.answered_at is not None
+        assert (cdr.ended_at - cdr.answered_at).total_seconds() >= 4.9  # the whole talk
+        assert cdr.talk_ms >= 4_900
+        await poll(lambda: agents(serve)["ann"][0] == "ready", timeout=10)
+        await apoll(lambda: _no_bridges(ari), timeout=10)
+    finally:
+        asterisk.cli("dialplan set global BENCH_TALK 1")
+        await ari.close()
+        serve.cleanup()
+
+
+async def _no_bridges(ari: AriClient) -> bool:
+    return not await ari.list_bridges()

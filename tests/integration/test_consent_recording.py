@@ -17,7 +17,7 @@ import os
 import random
 import uuid
 import wave
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from sqlalchemy import select
 
 from pbx_controller.asterisk.ari import AriClient, AriConflict, AriNotFound, StreamConnected
 from pbx_controller.core import actions as a
+from pbx_controller.core.agent import AgentState
 from pbx_controller.core.call_flow import CallState
-from pbx_controller.core.cdr import CdrRecord
+from pbx_controller.core.cdr import CdrRecord, Disposition
 from pbx_controller.core.consent import (
     ConsentPolicy,
     ConsentRules,
@@ -244,6 +245,8 @@ async def desk(
     try:
         async with controller:
             for agent_id in directory_.agents:
+                if controller.engine.board.status(agent_id).state is AgentState.ON_CALL:
+                    continue  # on a call an earlier run left talking (adopted)
                 assert controller.agent_command(agent_id, "login") == "OK"
             yield Desk(
                 controller, watcher, caller_app, pipeline, asterisk.recording_dir, store, sessions
@@ -676,13 +679,14 @@ async def test_sipp_caller_and_phone_streaming_rtp_are_recorded_in_stereo(
     assert goertzel(window(right, *middle), CALLER_HZ) < 100
 
 
-async def test_a_restarted_controller_stops_the_recordings_and_agent_legs_it_lost(
+async def test_a_restarted_controller_stops_the_recordings_it_lost_and_the_call_goes_on(
     asterisk: SandboxAsterisk, caller_app: AriClient, tmp_path: Path
 ) -> None:
     """The controller dies mid-call (its task is cancelled: no stop is sent).
     The next run finds the snoop channels in its app and hangs them up, so
     nothing goes on being recorded that no run can stop or withdraw. The
-    agent's leg is hung up too; the caller goes to the fallback."""
+    conversation itself goes on: the next run adopts the call, bridged with
+    the same agent leg, and nobody is sent to the fallback."""
     async with desk(asterisk, caller_app, tmp_path, directory(ConsentPolicy.NOTIFY)) as d:
         caller = await d.call()
         await caller.until(CallState.CONNECTED, 20)
@@ -699,27 +703,18 @@ async def test_a_restarted_controller_stops_the_recordings_and_agent_legs_it_los
     assert agent_leg is not None
     second = tmp_path / "second"
     async with desk(asterisk, caller_app, second, directory(ConsentPolicy.NOTIFY)) as d2:
-        # Everything the second run asks of Asterisk (its orphan sweep runs
-        # ORPHAN_GRACE_S after it connected: after this line).
-        submitted: list[a.Action] = []
-        submit = d2.controller.executor.submit
-
-        def spy(actions: Iterable[a.Action]) -> None:
-            actions = list(actions)
-            submitted.extend(actions)
-            submit(actions)
-
-        d2.controller.executor.submit = spy  # type: ignore[method-assign]
         await wait_until(lambda: "snoop" not in asterisk.cli("core show channels concise"), 10)
-        # The agent's leg is hung up; only the caller goes to the fallback.
-        await wait_until(lambda: a.Hangup(agent_leg) in submitted, 10)
-        fallback = {x.channel_id for x in submitted if isinstance(x, a.ContinueInDialplan)}
-        assert fallback == {caller.inner}
-    legs = sorted(asterisk.recording_dir.glob(f"{caller.id}*"))
-    assert [p.name for p in legs] == [f"{caller.id}-agent.wav", f"{caller.id}-caller.wav"]
-    sizes = [p.stat().st_size for p in legs]
-    await asyncio.sleep(0.5)  # deliberate: the files no longer grow
-    assert [p.stat().st_size for p in legs] == sizes
-    await caller.hang_up()
+        adopted = d2.controller.engine.calls[caller.id]
+        assert (adopted.state, adopted.agent_channel) == (CallState.CONNECTED, agent_leg)
+        assert not adopted.recorded  # nothing is recorded any more
+        legs = sorted(asterisk.recording_dir.glob(f"{caller.id}*"))
+        assert [p.name for p in legs] == [f"{caller.id}-agent.wav", f"{caller.id}-caller.wav"]
+        sizes = [p.stat().st_size for p in legs]
+        await asyncio.sleep(0.5)  # deliberate: the files no longer grow
+        assert [p.stat().st_size for p in legs] == sizes
+        await caller.hang_up()
+        ended = await d2.watcher.wait_for(lambda: d2.watcher.actions(a.EmitCdr), 10)
+        assert [x.cdr.disposition for x in ended] == [Disposition.ANSWERED]
+        assert not d2.watcher.actions(a.ContinueInDialplan)  # nobody went to the fallback
     for path in legs:
         path.unlink()

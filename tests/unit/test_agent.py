@@ -396,6 +396,7 @@ def test_every_table_event_has_a_board_command() -> None:
         "CallEnded": "call_ended",
         "WrapUpEnded": "end_wrapup",
         "Restore": "restore",
+        "CallAdopted": "call_adopted",
         "Shutdown": "shutdown",
     }
     assert AGENT_TRANSITIONS.events() == commands.keys()

@@ -345,6 +345,26 @@ class AgentMachine(RuleBasedStateMachine):
             self.board.offer_answered(agent, call, self.now)
         assert self.board.status(agent) == status
 
+    @rule(agent=agents, queue=st.sampled_from(["q1", "q2"]))
+    def adopt(self, agent: str, queue: str) -> None:
+        """A restarted controller finds the agent still talking on a call."""
+        before = self.board.status(agent)
+        self.calls += 1
+        call_id = f"c{self.calls}"
+        now = self.tick()
+        change = self.feed(
+            agent, "CallAdopted", lambda: self.board.call_adopted(agent, call_id, queue, now)
+        )
+        if change is None:
+            return
+        after = self.board.status(agent)
+        assert (after.state, after.call_id, after.queue_id) == (S.ON_CALL, call_id, queue)
+        # Paused before: paused again, for the same reason, once the call ends.
+        assert after.pending == (before.reason if before.state is S.PAUSED else None)
+        if before.state is S.LOGGED_OUT:
+            assert after.queues == ("q1", "q2")
+        self.shadow.misses[agent] = before.missed_in_row if before.state is not S.LOGGED_OUT else 0
+
     @rule(stopped_s=st.sampled_from([5, 899, 901, 3600]))
     def restart(self, stopped_s: int) -> None:
         """The controller stops (every agent out), then starts again after

@@ -13,8 +13,11 @@ from hypothesis import example, given, settings
 
 from pbx_controller.asterisk.events import (
     AriEventError,
+    TalkingCall,
     adopted_call,
+    answer_time,
     stasis_role,
+    talking_call,
     translate,
 )
 from pbx_controller.core import events as e
@@ -446,3 +449,92 @@ def test_adopted_call_contract_on_any_creationtime(created: datetime) -> None:
         return
     assert result.arrived_at == created.replace(microsecond=created.microsecond // 1000 * 1000)
     assert result.arrived_at.tzinfo is UTC
+
+
+# -- a call an earlier run left talking ------------------------------------------------------
+
+CALL_ID = "6f1c2a7e-2f0b-4a53-9d0e-5e6f7a8b9c0d"
+
+
+def agent_leg(**overrides: Any) -> dict[str, Any]:
+    dialplan = {
+        "context": "pbx-bench-agent",
+        "exten": "2001",
+        "priority": 1,
+        "app_name": "Stasis",
+        "app_data": f"pbx-controller,agent,{CALL_ID},ann,sales",
+    }
+    return channel(
+        id=f"{CALL_ID}-leg1",
+        dialplan=dialplan,
+        creationtime="2025-03-03T09:00:05.500+0100",
+        channelvars={},
+        **overrides,
+    )
+
+
+def bridge(*members: str, bridge_id: str = f"{CALL_ID}-bridge") -> dict[str, Any]:
+    return {
+        "id": bridge_id,
+        "technology": "simple_bridge",
+        "bridge_type": "mixing",
+        "bridge_class": "stasis",
+        "creator": "Stasis",
+        "channels": list(members),
+    }
+
+
+def test_a_bridged_caller_and_agent_leg_are_a_talking_call() -> None:
+    caller, leg = channel(state="Up"), agent_leg()
+    ours = {caller["id"]: caller, leg["id"]: leg}
+    talking = talking_call(bridge(leg["id"], caller["id"]), ours)
+    assert talking == TalkingCall(
+        caller,
+        f"{CALL_ID}-leg1",
+        "ann",
+        "sales",
+        f"{CALL_ID}-bridge",
+        datetime(2025, 3, 3, 8, 0, 5, 500000, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other bridge name", "caller only", "leg of another call", "leg of an older run", "not ours"],
+)
+def test_anything_else_in_a_bridge_is_no_talking_call(case: str) -> None:
+    caller, leg = channel(state="Up"), agent_leg()
+    members = [caller["id"], leg["id"]]
+    bridge_id = f"{CALL_ID}-bridge"
+    if case == "other bridge name":
+        bridge_id = "conference-7"
+    elif case == "caller only":
+        members = [caller["id"]]
+    elif case == "leg of another call":
+        leg["dialplan"]["app_data"] = "pbx-controller,agent,other-call,ann,sales"
+    elif case == "leg of an older run":
+        leg["dialplan"]["app_data"] = f"pbx-controller,agent,{CALL_ID},ann"
+    ours = {caller["id"]: caller} if case == "not ours" else {caller["id"]: caller, leg["id"]: leg}
+    assert talking_call(bridge(*members, bridge_id=bridge_id), ours) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1795839852.557566", datetime(2026, 11, 28, 4, 24, 12, 557566, tzinfo=UTC)),
+        ("", None),  # no CDR kept
+        ("0.000000", None),  # not answered
+        ("nan", None),
+        ("inf", None),
+        ("-5", None),
+    ],
+)
+def test_answer_time_from_the_cdr(value: str, expected: datetime | None) -> None:
+    assert answer_time(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.dictionaries(st.text(max_size=8), json_values, max_size=3))
+def test_talking_call_never_raises(bridge_json: Any, ours: dict[str, Any]) -> None:
+    result = talking_call(bridge_json, ours)
+    assert result is None or result.agent_created_at.utcoffset() is not None

@@ -209,7 +209,11 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
             )
         ),
         a.Originate(
-            "call-1-leg1", "PJSIP/ann", "agent,call-1,ann", caller_id=CALLER, timeout_ms=17_000
+            "call-1-leg1",
+            "PJSIP/ann",
+            "agent,call-1,ann,sales",
+            caller_id=CALLER,
+            timeout_ms=17_000,
         ),
         a.StartTimer("call-1/ring/2", 15_000),
         # Ann rings at once: hold music only if she takes longer than the grace.
@@ -351,7 +355,7 @@ def test_ring_all_rings_every_ready_agent_and_the_first_answer_wins() -> None:
     desk = ring_all_desk()
     offered = desk.queue_call(1, when=3)
     assert only(offered, a.Originate) == [
-        a.Originate(f"call-1-leg{n}", f"PJSIP/{who}", f"agent,call-1,{who}", CALLER, 17_000)
+        a.Originate(f"call-1-leg{n}", f"PJSIP/{who}", f"agent,call-1,{who},sales", CALLER, 17_000)
         for n, who in ((1, "ann"), (2, "bob"), (3, "cat"))
     ]
     # One ring timer for all three legs.
@@ -844,3 +848,49 @@ def test_a_live_reload_keeps_calls_and_agents_and_refuses_to_drop_what_is_in_use
     rung = desk.command("carl", "login", 4)
     assert legs_rung(rung) == [("call-1-leg1", "PJSIP/carl")]
     assert timer(rung, "ring").delay_ms == 9_000  # the reloaded queue's rule
+
+
+def adopted(n: int, agent_id: str, *, arrived: float, answered: float) -> e.CallAdopted:
+    return e.CallAdopted(
+        f"call-{n}",
+        f"chan-{n}",
+        ACME_DID,
+        at(arrived),
+        CALLER,
+        e.AdoptedConnection(f"call-{n}-leg1", agent_id, "sales", f"call-{n}-bridge", at(answered)),
+    )
+
+
+def test_a_restarted_engine_adopts_a_call_still_talking_and_bills_its_whole_talk() -> None:
+    desk = Desk([sales(wrapup_ms=2_000)], [agent("ann", "sales"), agent("bob", "sales")])
+    desk.login("bob")
+    desk.command("bob", "pause", 1, "lunch")
+    # Found at start-up (t=100): arrived at 10, answered by bob at 15.
+    actions = desk.feed(adopted(1, "bob", arrived=10, answered=15), 100)
+    assert moves(actions) == [("bob", S.PAUSED, S.ON_CALL, "CallAdopted")]
+    assert desk.call_state(1) is CallState.CONNECTED
+    assert desk.engine.board.status("bob").pending == "lunch"
+    # A second caller is not offered to bob, who is busy.
+    desk.login("ann", when=101)
+    assert legs_rung(desk.queue_call(2, 102)) == [("call-2-leg1", "PJSIP/ann")]
+
+    # The agent hangs up at 160: caller hung up, bridge gone, bob wraps up
+    # and is paused again after it.
+    ended = desk.feed(e.ChannelLeftApp("call-1-leg1"), 160)
+    assert a.Hangup("chan-1") in ended
+    assert a.DestroyBridge("call-1-bridge") in ended
+    assert moves(ended) == [("bob", S.ON_CALL, S.WRAP_UP, "CallEnded")]
+    assert desk.engine.board.status("bob").pending == "lunch"
+    cdr = desk.caller_leaves(1, 161)
+    assert (cdr.disposition, cdr.hangup_side) == (Disposition.ANSWERED, HangupSide.AGENT)
+    assert (cdr.agent_id, cdr.queue_id) == ("bob", "sales")
+    assert (cdr.arrived_at, cdr.answered_at) == (at(10), at(15))
+    assert cdr.talk_ms == 145_000  # from the answer before the restart to the end
+    assert outcomes(cdr) == {("bob", "answered")}
+
+
+def test_an_adopted_call_whose_agent_or_queue_is_gone_goes_to_the_fallback() -> None:
+    desk = Desk([sales()], [agent("ann", "sales")])
+    actions = desk.feed(adopted(1, "zed", arrived=0, answered=5), 100)  # zed: not configured
+    assert actions == [a.ContinueInDialplan("chan-1", "pbx-fallback")]
+    assert desk.call_state(1) is CallState.ENDING

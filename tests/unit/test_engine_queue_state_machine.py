@@ -381,9 +381,11 @@ class Ledger:
         caller.queue_id, caller.enqueued_at, caller.moved = queue_id, self.now, True
 
     def _originate(self, action: a.Originate) -> None:
-        role, call_id, agent_id = action.app_args.split(",")
+        role, call_id, agent_id, queue_id = action.app_args.split(",")
         assert role == "agent"
         caller = self.callers[call_id]
+        # The queue the offer is from: a restarted run adopts a talking call by it.
+        assert queue_id in self.directory.queues, action
         going = caller.gone or caller.hangup_requested or caller.handed_off
         assert not going, f"{action} for a caller who is gone or going"
         assert caller.enqueued_at is not None, action
@@ -871,7 +873,7 @@ WRONG_STEPS: list[tuple[str, e.Event, list[a.Action], str]] = [
     (
         "ringing an agent who is paused",
         e.AgentCommand("dan", "unpause"),
-        [a.Originate("call-1-leg2", "PJSIP/dan", "agent,call-1,dan")],
+        [a.Originate("call-1-leg2", "PJSIP/dan", "agent,call-1,dan,sales")],
         "no OfferMade row",
     ),
     (
@@ -880,7 +882,7 @@ WRONG_STEPS: list[tuple[str, e.Event, list[a.Action], str]] = [
         [
             _row("cat", S.LOGGED_OUT, S.READY, "Login", None),
             _row("cat", S.READY, S.RESERVED, "OfferMade", "call-1"),
-            a.Originate("call-1-leg2", "PJSIP/cat", "agent,call-1,cat"),
+            a.Originate("call-1-leg2", "PJSIP/cat", "agent,call-1,cat,sales"),
         ],
         "not in the queue",
     ),
@@ -965,7 +967,7 @@ WRONG_STEPS_WHILE_RINGING: list[tuple[str, e.Event, list[a.Action], str]] = [
         [
             _row("ann", S.RESERVED, S.READY, "OfferCancelled", "call-1", seconds=3),
             _row("ann", S.READY, S.RESERVED, "OfferMade", "call-1", seconds=3),
-            a.Originate("call-1-leg2", "PJSIP/ann", "agent,call-1,ann"),
+            a.Originate("call-1-leg2", "PJSIP/ann", "agent,call-1,ann,sales"),
         ],
         "rings already",
     ),
