@@ -119,6 +119,7 @@ class Serve:
             "PBX_LOG_LEVEL": "INFO",
         }
         self.data_dir = data_dir
+        self.database_url = database_url
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log_start = 0
@@ -176,6 +177,24 @@ class Serve:
                 self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+async def configured_serve(asterisk: SandboxAsterisk, tmp_path: Path, config: str) -> Serve:
+    """A `pbxctl serve` (not started) on a new SQLite database holding the
+    pbx.toml text `config`, with its HTTP API on a free port for `pbxctl`."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
+    await upgrade_to_head(url)
+    (tmp_path / "var").mkdir()
+    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
+    serve.env["PBX_HTTP__PORT"] = str(free_port())
+    apply_config(serve, tmp_path, config)
+    return serve
+
+
+def apply_config(serve: Serve, tmp_path: Path, config: str) -> None:
+    path = tmp_path / "pbx.toml"
+    path.write_text(config)
+    pbxctl(serve, "config", "apply", str(path))
 
 
 def pbxctl(serve: Serve, *args: str) -> str:

@@ -16,14 +16,14 @@ from sqlalchemy import select
 
 from pbx_controller.asterisk.ari import AriClient
 from pbx_controller.core.agent import SHUTDOWN_REASON
-from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
+from pbx_controller.sandbox.asterisk import SandboxAsterisk
 from pbx_controller.store import models as m
-from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
+from pbx_controller.store.db import make_engine, make_sessionmaker
 from tests.integration.cdr_support import (
-    Serve,
     agents,
     apoll,
     cdr_rows,
+    configured_serve,
     pbxctl,
     place_call,
     poll,
@@ -102,14 +102,8 @@ async def _more_cdrs(url: str, n: int) -> list[m.Cdr] | None:
 async def test_agents_come_back_after_a_stop_and_a_kill(
     asterisk: SandboxAsterisk, tmp_path: Path
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
-    await upgrade_to_head(url)
-    (tmp_path / "var").mkdir()
-    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
-    serve.env["PBX_HTTP__PORT"] = str(free_port())
-    config = tmp_path / "pbx.toml"
-    config.write_text(CONFIG)
-    pbxctl(serve, "config", "apply", str(config))
+    serve = await configured_serve(asterisk, tmp_path, CONFIG)
+    url = serve.database_url
     try:
         await serve.start()
         pbxctl(serve, "agent", "login", "ann")
@@ -152,6 +146,7 @@ async def test_agents_come_back_after_a_stop_and_a_kill(
         }
         assert "back as the last run left them" not in serve.log()
     finally:
+        asterisk.cli("channel request hangup all")  # nothing for the next test to adopt
         serve.cleanup()
 
 
@@ -161,14 +156,8 @@ async def test_a_call_goes_on_through_a_kill_and_its_whole_talk_is_billed(
     """kill -9 mid-conversation: the caller and the agent go on talking, and
     the next run takes the call over; its CDR has the talk from the answer
     before the kill to the end. An empty call bridge left behind is swept."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
-    await upgrade_to_head(url)
-    (tmp_path / "var").mkdir()
-    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
-    serve.env["PBX_HTTP__PORT"] = str(free_port())
-    config = tmp_path / "pbx.toml"
-    config.write_text(CONFIG)
-    pbxctl(serve, "config", "apply", str(config))
+    serve = await configured_serve(asterisk, tmp_path, CONFIG)
+    url = serve.database_url
     e = asterisk.endpoints
     ari = AriClient(e.ari_url, e.ari_username, e.ari_password, "restart-test")
     asterisk.cli("dialplan set global BENCH_TALK 5")
@@ -181,7 +170,8 @@ async def test_a_call_goes_on_through_a_kill_and_its_whole_talk_is_billed(
         # What a run killed between an offer and its answer leaves: a bridge.
         await ari.create_bridge("killed-call-bridge")
         await serve.start()
-        assert "was left talking by an earlier run; it goes on" in serve.log()
+        # Adopted as the new run connects to ARI, around its "ready" line.
+        await poll(lambda: "was left talking by an earlier run; it goes on" in serve.log())
         assert "bridge killed-call-bridge left by an earlier run" in serve.log()
         assert agents(serve)["ann"][0] == "on_call"  # not offered another call
 
@@ -194,6 +184,7 @@ async def test_a_call_goes_on_through_a_kill_and_its_whole_talk_is_billed(
         await apoll(lambda: _no_bridges(ari), timeout=10)
     finally:
         asterisk.cli("dialplan set global BENCH_TALK 1")
+        asterisk.cli("channel request hangup all")  # nothing for the next test to adopt
         await ari.close()
         serve.cleanup()
 

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
+from pbx_controller.sandbox.asterisk import SandboxAsterisk
 from pbx_controller.store import models as m
-from pbx_controller.store.db import upgrade_to_head
 from tests.integration.cdr_support import (
     PBXCTL,
     Serve,
     agents,
     apoll,
+    apply_config,
     cdr_rows,
+    configured_serve,
     pbxctl,
     place_call,
     poll,
@@ -82,21 +83,11 @@ def run(serve: Serve, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def apply(serve: Serve, tmp_path: Path, text: str) -> None:
-    config = tmp_path / "pbx.toml"
-    config.write_text(text)
-    pbxctl(serve, "config", "apply", str(config))
-
-
 async def test_reload_applies_a_new_configuration_without_dropping_a_call(
     asterisk: SandboxAsterisk, tmp_path: Path
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'pbx.db'}"
-    await upgrade_to_head(url)
-    (tmp_path / "var").mkdir()
-    serve = Serve(asterisk, url, tmp_path / "var", tmp_path / "serve.log")
-    serve.env["PBX_HTTP__PORT"] = str(free_port())
-    apply(serve, tmp_path, BASE)
+    serve = await configured_serve(asterisk, tmp_path, BASE)
+    url = serve.database_url
     # Agents talk 4 s: long enough for the reload to happen mid-call.
     asterisk.cli("dialplan set global BENCH_TALK 4")
     try:
@@ -105,7 +96,7 @@ async def test_reload_applies_a_new_configuration_without_dropping_a_call(
         place_call(asterisk, FRONT_DID)
         await poll(lambda: agents(serve)["ann"][0] == "on_call", timeout=15)
 
-        apply(serve, tmp_path, GROWN)
+        apply_config(serve, tmp_path, GROWN)
         refused = run(serve, "agent", "login", "bob")
         assert refused.returncode == 1, refused.stderr  # not known to the controller yet
         reloaded = run(serve, "config", "reload")
@@ -126,7 +117,7 @@ async def test_reload_applies_a_new_configuration_without_dropping_a_call(
         assert (first.ended_at - first.answered_at).total_seconds() >= 3.9  # its whole talk
 
         # Dropping bob while he is logged in: refused, nothing changed.
-        apply(serve, tmp_path, BASE)
+        apply_config(serve, tmp_path, BASE)
         refused = run(serve, "config", "reload")
         assert refused.returncode == 1
         assert "logged in" in refused.stderr
@@ -141,6 +132,7 @@ async def test_reload_applies_a_new_configuration_without_dropping_a_call(
         assert agents(serve)["ann"][0] == "ready"
     finally:
         asterisk.cli("dialplan set global BENCH_TALK 1")
+        asterisk.cli("channel request hangup all")  # nothing for the next test to adopt
         serve.cleanup()
 
 
