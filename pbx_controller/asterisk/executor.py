@@ -20,6 +20,7 @@ from pbx_controller.asterisk.ari import (
     AriConflict,
     AriError,
     AriNotFound,
+    AriUnavailable,
     ChannelGone,
 )
 from pbx_controller.core import actions as a
@@ -156,7 +157,14 @@ class Executor:
                 except AriError as exc:
                     lane.clear()
                     log.error("%s on %s failed: %s", type(action).__name__, channel_id, exc)
-                    self.feed(e.ActionFailed(channel_id, type(action).__name__, str(exc)))
+                    self.feed(
+                        e.ActionFailed(
+                            channel_id,
+                            type(action).__name__,
+                            str(exc),
+                            unanswered=isinstance(exc, AriUnavailable),
+                        )
+                    )
         finally:
             del self._lanes[channel_id]
 

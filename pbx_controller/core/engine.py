@@ -623,11 +623,16 @@ class Engine:
         CALL_TRANSITIONS.targets(call.state, "AgentLegGone")
         if call.state is CallState.OFFERING and agent_id in call.ringing:
             started = call.ringing.pop(agent_id)[1]
-            call.segments.append(CdrSegment("offer", agent_id, started, now, "missed"))
-            outcome = self.offers.missed(call.call_id, agent_id)
+            # Asterisk never answered the originate: the agent missed nothing.
+            theirs = not (isinstance(event, e.ActionFailed) and event.unanswered)
+            outcome_name = "missed" if theirs else "failed"
+            call.segments.append(CdrSegment("offer", agent_id, started, now, outcome_name))
+            outcome = self.offers.missed(call.call_id, agent_id, agents_fault=theirs)
             actions: list[a.Action] = []
-            if outcome.counted:
+            if outcome.counted and theirs:
                 actions += self._board(self.board.offer_missed(agent_id, call.call_id, now))
+            elif outcome.counted:
+                actions += self._board(self.board.offer_cancelled(agent_id, call.call_id, now))
             if outcome.requeue is not None:
                 actions += self._cancel_ring_timer(call)
                 self._requeue(call, outcome.requeue)

@@ -187,12 +187,18 @@ class ActionFailed:
     `gone` is true when the channel no longer exists (a hang-up race): the
     flow treats that like a hang-up. Anything else sends the caller to the
     dialplan fallback so nobody is left in silence.
+
+    `unanswered` is true when Asterisk gave no answer (timed out, websocket
+    down): not anybody's refusal. An agent leg's originate failing so is not
+    the agent's missed offer (an overloaded Asterisk must not auto-pause
+    every agent).
     """
 
     channel_id: str
     action: str
     reason: str
     gone: bool = False
+    unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -395,13 +395,16 @@ class OfferBook:
         self._close(call_id)
         return AnswerOutcome(True, tuple(a for a in entry.ringing if a != agent_id))
 
-    def missed(self, call_id: str, agent_id: str) -> MissOutcome:
-        """One leg stopped ringing unanswered (declined, failed)."""
+    def missed(self, call_id: str, agent_id: str, *, agents_fault: bool = True) -> MissOutcome:
+        """One leg stopped ringing unanswered (declined, failed). Not the
+        agent's fault (the PBX never placed the leg): the call may be offered
+        to that agent again."""
         entry = self._by_call.get(call_id)
         if entry is None or agent_id not in entry.ringing:
             return MissOutcome(counted=False)
         entry.ringing.remove(agent_id)
-        entry.missed.add(agent_id)
+        if agents_fault:
+            entry.missed.add(agent_id)
         del self._by_agent[agent_id]
         if entry.ringing:
             return MissOutcome(counted=True)

@@ -894,3 +894,21 @@ def test_an_adopted_call_whose_agent_or_queue_is_gone_goes_to_the_fallback() -> 
     actions = desk.feed(adopted(1, "zed", arrived=0, answered=5), 100)  # zed: not configured
     assert actions == [a.ContinueInDialplan("chan-1", "pbx-fallback")]
     assert desk.call_state(1) is CallState.ENDING
+
+
+def test_originates_asterisk_never_answered_are_not_the_agents_misses() -> None:
+    """An overloaded Asterisk times the originates out: the call is offered
+    again, to the same agent, and nobody is auto-paused for it (three real
+    misses would pause her)."""
+    desk = Desk([sales()], [agent("ann", "sales")])
+    desk.login("ann")
+    rung = desk.queue_call(1, 1)
+    for n in range(1, 5):
+        assert legs_rung(rung) == [(f"call-1-leg{n}", "PJSIP/ann")]
+        timeout = e.ActionFailed(f"call-1-leg{n}", "Originate", "no answer", unanswered=True)
+        rung = desk.feed(timeout, 1 + n * 5)
+        assert ("ann", S.RESERVED, S.READY, "OfferCancelled") in moves(rung)
+    assert desk.engine.board.status("ann").missed_in_row == 0
+    desk.answer(1, 5, "ann", 30)
+    cdr = desk.caller_leaves(1, 40)
+    assert [s.outcome for s in cdr.segments] == ["failed"] * 4 + ["answered"]

@@ -53,7 +53,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
-from pbx_controller.core.agent import AGENT_TRANSITIONS, AgentState, AgentStateRecord
+from pbx_controller.core.agent import (
+    AGENT_TRANSITIONS,
+    AUTO_PAUSE_REASON,
+    AgentState,
+    AgentStateRecord,
+)
 from pbx_controller.core.call_flow import CALL_TRANSITIONS, CallState
 from pbx_controller.core.cdr import CdrRecord, Disposition, HangupSide, ms_between
 from pbx_controller.core.engine import UNKNOWN_DID_CONTEXT, Engine
@@ -468,7 +473,7 @@ class Ledger:
         assert Counter(s.agent_id for s in cdr.segments) == rung, "one segment per leg"
         outcomes = [s.outcome for s in cdr.segments]
         assert outcomes.count("answered") == int(answered)
-        assert set(outcomes) <= {"answered", "missed", "cancelled"}
+        assert set(outcomes) <= {"answered", "missed", "cancelled", "failed"}
 
     # -- the engine against the ledger, between steps -------------------------------------
 
@@ -703,15 +708,28 @@ class QueueMachine(RuleBasedStateMachine):
             hypothesis.event("a late answer was hung up")
 
     @precondition(lambda self: self.ledger.legs_where(answered=False))
-    @rule(data=st.data(), how=st.sampled_from(["declined", "no answer", "originate failed"]))
+    @rule(
+        data=st.data(),
+        how=st.sampled_from(["declined", "no answer", "originate failed", "asterisk silent"]),
+    )
     def leg_fails(self, data: st.DataObject, how: str) -> None:
         leg = data.draw(st.sampled_from(self.ledger.legs_where(answered=False)))
         event: e.Event
         if how == "originate failed":
             event = e.ActionFailed(leg.channel_id, "Originate", "no such endpoint")
+        elif how == "asterisk silent":  # the originate timed out: not the agent's miss
+            event = e.ActionFailed(leg.channel_id, "Originate", "no answer", unanswered=True)
         else:
             event = e.ChannelHungUp(leg.channel_id, cause=21 if how == "declined" else 19)
-        self.feed(event)
+        misses = self.engine.board.status(leg.agent_id).missed_in_row
+        actions = self.feed(event)
+        if how == "asterisk silent":
+            assert self.engine.board.status(leg.agent_id).missed_in_row in (0, misses)
+            assert not any(
+                r.record.agent_id == leg.agent_id and r.record.reason == AUTO_PAUSE_REASON
+                for r in actions
+                if isinstance(r, a.RecordAgentState)
+            ), "auto-paused for Asterisk's silence"
 
     @precondition(lambda self: self.ledger.legs_where(answered=True))
     @rule(data=st.data())
