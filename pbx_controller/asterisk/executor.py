@@ -178,13 +178,14 @@ class Executor:
                 await self.ari.hangup(channel_id, reason)
             case a.ContinueInDialplan(channel_id, context, extension, priority):
                 await self.ari.continue_in_dialplan(channel_id, context, extension, priority)
-            case a.Originate(channel_id, endpoint, app_args, caller_id, timeout_ms):
+            case a.Originate(channel_id, endpoint, app_args, caller_id, timeout_ms, originator):
                 await self.ari.originate(
                     endpoint,
                     channel_id=channel_id,
                     app_args=app_args,
                     caller_id=caller_id or None,
                     timeout_s=max(1, -(-timeout_ms // 1000)),
+                    originator=originator or None,
                 )
             case a.Bridge(bridge_id, channel_ids):
                 creating = self._bridges.get(bridge_id)

@@ -54,13 +54,16 @@ class ContinueInDialplan:
 @dataclass(frozen=True, slots=True)
 class Originate:
     """Ring an agent: a new channel `channel_id` to `endpoint`, entering our
-    app with `app_args` when answered. Asterisk gives up after `timeout_ms`."""
+    app with `app_args` when answered. Asterisk gives up after `timeout_ms`.
+    `originator`: the caller's channel; the leg is asked for the codecs the
+    caller has (no transcoding in their bridge) and shares its linkedid."""
 
     channel_id: str
     endpoint: str
     app_args: str
     caller_id: str = ""
     timeout_ms: int = 15_000
+    originator: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -495,6 +495,7 @@ class Engine:
                         caller_id=call.caller,
                         # Asterisk gives up a little after our own ring timeout.
                         timeout_ms=offer.ring_timeout_ms + 2000,
+                        originator=call.channel_id,
                     )
                 )
             call.ring_timer = call.timer_id("ring")

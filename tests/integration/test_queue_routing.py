@@ -305,3 +305,29 @@ async def test_feature_codes_log_in_and_pause_from_the_phone(asterisk) -> None:
     assert "lunch" in reasons
     # A phone that is no agent's gets UNKNOWN_AGENT, and nothing changes.
     assert not any(isinstance(ev, e.AgentCommand) and ev.agent_id != "anna" for ev, _ in w.steps)
+
+
+async def test_the_agent_leg_is_asked_for_the_callers_codecs(asterisk) -> None:
+    """The agent's leg is originated with the caller as its originator: a
+    G.711 caller's agent leg is G.711 too, with no transcoding between them.
+    Without it, an ARI-originated Local leg takes every format and picks
+    slin192: Asterisk resampled the hold music and the talk to 192 kHz."""
+    local = AgentProfile(
+        "lena", "Lena", "Local/2201@pbx-bench-agent", {}, (QueueMembership("sales"),)
+    )
+    queue = Queue("sales", "acme", ring_timeout_ms=5000, wrapup_ms=0)
+    asterisk.cli("dialplan set global BENCH_TALK 3")
+    try:
+        async with call_center(asterisk, directory(queue, [local]), {}) as (c, w, _):
+            assert c.agent_command("lena", "login") == "OK"
+            caller = await place_caller(asterisk)  # sipp: PCMU
+            bridge = (await w.wait_for(lambda: w.actions(a.Bridge), 15))[0]
+            leg = bridge.channel_ids[1]
+            shown = asterisk.cli(f"core show channel {leg}")
+            native = next(line for line in shown.splitlines() if "NativeFormats" in line)
+            assert "ulaw" in native, native
+            assert "slin" not in native, native
+            await cdr_of(w)
+            await caller
+    finally:
+        asterisk.cli("dialplan set global BENCH_TALK 1")

@@ -214,6 +214,7 @@ def test_a_queued_call_rings_the_agent_and_is_bridged_on_answer() -> None:
             "agent,call-1,ann,sales",
             caller_id=CALLER,
             timeout_ms=17_000,
+            originator="chan-1",  # the agent's leg gets the caller's codecs
         ),
         a.StartTimer("call-1/ring/2", 15_000),
         # Ann rings at once: hold music only if she takes longer than the grace.
@@ -355,7 +356,9 @@ def test_ring_all_rings_every_ready_agent_and_the_first_answer_wins() -> None:
     desk = ring_all_desk()
     offered = desk.queue_call(1, when=3)
     assert only(offered, a.Originate) == [
-        a.Originate(f"call-1-leg{n}", f"PJSIP/{who}", f"agent,call-1,{who},sales", CALLER, 17_000)
+        a.Originate(
+            f"call-1-leg{n}", f"PJSIP/{who}", f"agent,call-1,{who},sales", CALLER, 17_000, "chan-1"
+        )
         for n, who in ((1, "ann"), (2, "bob"), (3, "cat"))
     ]
     # One ring timer for all three legs.

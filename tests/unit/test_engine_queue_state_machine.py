@@ -396,6 +396,7 @@ class Ledger:
         assert caller.enqueued_at is not None, action
         assert caller.queue_id is not None, action
         assert action.channel_id.startswith(f"{call_id}-leg")
+        assert action.originator == caller.channel_id, action  # the caller's codecs
         assert action.channel_id not in self.legs
         assert action.channel_id not in self.caller_at
         profile = self.directory.agents[agent_id]
@@ -891,7 +892,7 @@ WRONG_STEPS: list[tuple[str, e.Event, list[a.Action], str]] = [
     (
         "ringing an agent who is paused",
         e.AgentCommand("dan", "unpause"),
-        [a.Originate("call-1-leg2", "PJSIP/dan", "agent,call-1,dan,sales")],
+        [a.Originate("call-1-leg2", "PJSIP/dan", "agent,call-1,dan,sales", originator="chan-1")],
         "no OfferMade row",
     ),
     (
@@ -900,7 +901,7 @@ WRONG_STEPS: list[tuple[str, e.Event, list[a.Action], str]] = [
         [
             _row("cat", S.LOGGED_OUT, S.READY, "Login", None),
             _row("cat", S.READY, S.RESERVED, "OfferMade", "call-1"),
-            a.Originate("call-1-leg2", "PJSIP/cat", "agent,call-1,cat,sales"),
+            a.Originate("call-1-leg2", "PJSIP/cat", "agent,call-1,cat,sales", originator="chan-1"),
         ],
         "not in the queue",
     ),
@@ -985,7 +986,7 @@ WRONG_STEPS_WHILE_RINGING: list[tuple[str, e.Event, list[a.Action], str]] = [
         [
             _row("ann", S.RESERVED, S.READY, "OfferCancelled", "call-1", seconds=3),
             _row("ann", S.READY, S.RESERVED, "OfferMade", "call-1", seconds=3),
-            a.Originate("call-1-leg2", "PJSIP/ann", "agent,call-1,ann,sales"),
+            a.Originate("call-1-leg2", "PJSIP/ann", "agent,call-1,ann,sales", originator="chan-1"),
         ],
         "rings already",
     ),
