@@ -135,6 +135,7 @@ FIRST_AGENT = 1000  # agent n is Local/<FIRST_AGENT + n>@pbx-bench-agent
 AGENT_CONTEXT = "pbx-bench-agent"
 CALLER_APP = "bench-callers"
 CALLER_TIMEOUT_S = 20  # a caller nobody answers gives up after this
+CALLER_FORMAT = "ulaw"  # the callers' codec (see Bench.originate)
 DRAIN_TIMEOUT_S = 30.0  # after the last originate, the run must be over by then
 GREETING_MS = 20
 
@@ -857,7 +858,10 @@ class Bench:
 
     async def originate(self, endpoint: str, channel_id: str) -> None:
         """A caller: the Local channel's ;2 half runs `endpoint`'s dialplan
-        (the call under test), its ;1 half waits in [pbx-bench-caller]."""
+        (the call under test), its ;1 half waits in [pbx-bench-caller].
+        G.711 (ulaw), as a carrier trunk's caller: without `formats` a Local
+        channel originated over ARI takes slin192, and Asterisk resampled
+        every frame of hold music and talk to 192 kHz on both sides."""
         await self.ari.request(
             "POST",
             f"/channels/{channel_id}",
@@ -867,6 +871,7 @@ class Bench:
                 "extension": "s",
                 "priority": 1,
                 "timeout": CALLER_TIMEOUT_S,
+                "formats": CALLER_FORMAT,
             },
         )
 
