@@ -82,7 +82,7 @@ the next step. The agents bound it too: 50 agents talking 0.3 s serve at
 most ~166 calls/s, so the default steps stop at 140.
 
 Environment: BENCH_CALLS (300), BENCH_ROUNDS (5), BENCH_RATE (25), BENCH_TALK_S (1.0),
-BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140"; empty: no capacity
+BENCH_AGENTS (50), BENCH_RATES ("40,50,60,70,80,90,100,120,140,160,200"; empty: no capacity
 search), BENCH_CAPACITY_CALLS (300), BENCH_WARMUP_CALLS (20), BENCH_KEEP=1
 keeps the controller's log and database. Diagnostics only:
 BENCH_BASELINE=PATH (the controller of another checkout at PATH, e.g. a
@@ -121,7 +121,7 @@ ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "5")))
 RATE = float(os.environ.get("BENCH_RATE", "25"))
 TALK_S = float(os.environ.get("BENCH_TALK_S", "1.0"))
 AGENTS = int(os.environ.get("BENCH_AGENTS", "50"))
-RATES = os.environ.get("BENCH_RATES", "40,50,60,70,80,90,100,120,140")
+RATES = os.environ.get("BENCH_RATES", "40,50,60,70,80,90,100,120,140,160,200")
 CAPACITY_RATES = [float(r) for r in RATES.split(",") if r.strip()]
 CAPACITY_CALLS = int(os.environ.get("BENCH_CAPACITY_CALLS", "300"))
 CAPACITY_TALK_S = 0.3
