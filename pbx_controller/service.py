@@ -483,7 +483,13 @@ class Controller:
         (answered when Asterisk's CDR says). Any other call bridge an
         earlier run left (empty, or half a call) is destroyed."""
         ours = {c["id"]: c for c in listed}
-        for bridge in await self.ari.list_bridges():
+        try:
+            bridges = await self.ari.list_bridges()
+        except AriError as exc:
+            # The orphan sweep must still run: its callers go to the fallback.
+            log.error("cannot list bridges, no call is adopted as talking: %s", exc)
+            return
+        for bridge in bridges:
             talking = talking_call(bridge, ours)
             if talking is not None and await self._adopt_talking(talking):
                 continue
