@@ -196,17 +196,17 @@ def talking_call(bridge: Any, ours: Mapping[str, Any]) -> TalkingCall | None:
         return None
     if not isinstance(members, list) or len(members) != 2:
         return None
-    roles: dict[str, Any] = {}  # Stasis(app,<role>,...) -> channel
+    # Stasis(app,<role>,...) -> the channel and its app arguments
+    roles: dict[str, tuple[Any, list[str]]] = {}
     for member in members:
         channel = ours.get(member) if isinstance(member, str) else None
         app_args = _opt(channel, "dialplan", "app_data").split(",")
         if channel is not None and len(app_args) > 1:
-            roles[app_args[1]] = channel
-    caller, agent = roles.get("inbound"), roles.get("agent")
-    if caller is None or agent is None:
+            roles[app_args[1]] = (channel, app_args)
+    if "inbound" not in roles or "agent" not in roles:
         return None
+    caller, agent, args = roles["inbound"][0], *roles["agent"]
     call_id = bridge_id.removesuffix(BRIDGE_SUFFIX)
-    args = _opt(agent, "dialplan", "app_data").split(",")
     if len(args) < 5 or args[2] != call_id or not args[3] or not args[4]:
         return None  # another call's leg, or one without its queue (an older run)
     try:

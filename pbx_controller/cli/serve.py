@@ -84,10 +84,11 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
 
     url = settings.database.url.get_secret_value()
     engine, directory = await _open_database(url, migrate=migrate)
+    sessions = make_sessionmaker(engine)
     try:
         outbox = CdrOutbox(
             settings.data_dir / "outbox",
-            DatabaseCdrSink(make_sessionmaker(engine)),
+            DatabaseCdrSink(sessions),
             database_url=url,
         )
         try:
@@ -96,7 +97,8 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             raise CliError(f"CDR outbox: {exc}") from None
         try:
             restored = await restorations(
-                make_sessionmaker(engine),
+                sessions,
+                directory.agents,
                 datetime.now(UTC),
                 timedelta(seconds=settings.agents_restore_within_s),
             )
@@ -104,12 +106,12 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             # Starting with everyone logged out would leave the log saying
             # otherwise (readiness billed for agents who get no calls).
             raise CliError(f"agent state log unreadable: {type(exc).__name__}: {exc}") from None
-        agent_log = DatabaseAgentLog(make_sessionmaker(engine))
+        agent_log = DatabaseAgentLog(sessions)
         agent_log.start()
         recordings = RecordingPipeline(
             RecordingStorage(settings.recordings_dir()),
             settings.recordings.spool_dir,
-            make_sessionmaker(engine),
+            sessions,
         )
         try:
             outbox.start()
@@ -121,7 +123,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
                     agent_log,
                     recordings,
                     restored,
-                    load_directory=lambda: load_directory(make_sessionmaker(engine)),
+                    load_directory=lambda: load_directory(sessions),
                 )
             except AriError as exc:
                 raise CliError(str(exc)) from None

@@ -350,11 +350,10 @@ class AgentBoard:
         paused: paused again (same reason) when the call ends."""
         ag = self._get(agent_id, now)
         AGENT_TRANSITIONS.targets(ag.state, "CallAdopted")
+        paused_for = ag.reason if ag.state is _A.PAUSED else None
         if ag.state is _A.LOGGED_OUT:
-            ag.login_queues = None
-            ag.calls_taken = ag.missed_in_row = 0
-            self._serve(ag)
-        ag.pending = ag.reason if ag.state is _A.PAUSED else None
+            self._join(ag, None)
+        ag.pending = paused_for
         ag.call_id, ag.queue_id = call_id, queue_id
         ag.calls_taken += 1
         return BoardChange(self._set(ag, _A.ON_CALL, None, now, "CallAdopted"))
@@ -602,13 +601,17 @@ class AgentBoard:
         AGENT_TRANSITIONS.move(ag.state, event, target)
         if paused_reason is not None:
             _reason(paused_reason)
+        self._join(ag, queues)
+        ag.idle_since = now if target is _A.READY else None
+        return BoardChange(self._set(ag, target, paused_reason, now, event))
+
+    def _join(self, ag: _Agent, queues: frozenset[str] | None) -> None:
+        """Logging in: the queues chosen (None: every membership), fresh counts."""
         ag.login_queues = queues
         ag.calls_taken = 0
         ag.missed_in_row = 0
         ag.pending = None
-        ag.idle_since = now if target is _A.READY else None
         self._serve(ag)
-        return BoardChange(self._set(ag, target, paused_reason, now, event))
 
     def _wrapup_over(self, ag: _Agent, now: datetime) -> BoardChange:
         cancel = self._cancel_wrapup(ag)

@@ -630,10 +630,9 @@ class Engine:
             call.segments.append(CdrSegment("offer", agent_id, started, now, outcome_name))
             outcome = self.offers.missed(call.call_id, agent_id, agents_fault=theirs)
             actions: list[a.Action] = []
-            if outcome.counted and theirs:
-                actions += self._board(self.board.offer_missed(agent_id, call.call_id, now))
-            elif outcome.counted:
-                actions += self._board(self.board.offer_cancelled(agent_id, call.call_id, now))
+            if outcome.counted:
+                ended = self.board.offer_missed if theirs else self.board.offer_cancelled
+                actions += self._board(ended(agent_id, call.call_id, now))
             if outcome.requeue is not None:
                 actions += self._cancel_ring_timer(call)
                 self._requeue(call, outcome.requeue)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -47,38 +48,34 @@ def log_values(record: AgentStateRecord) -> dict[str, object]:
 
 
 async def restorations(
-    sessions: async_sessionmaker[AsyncSession], now: datetime, within: timedelta
+    sessions: async_sessionmaker[AsyncSession],
+    agent_ids: Iterable[str],
+    now: datetime,
+    within: timedelta,
 ) -> list[AgentRestored]:
-    """The agents a starting controller logs back in: each agent's last two
-    rows, judged by `core.agent.restoration`."""
+    """The agents (of those configured) a starting controller logs back in:
+    each agent's last two rows, judged by `core.agent.restoration`. One
+    query per agent, each a short walk of the (agent_id, at) index: the log
+    grows for ever, and a window over all of it would be read at every start."""
     log_table = AGENT_STATE_LOG
-    rank = (
-        sa.func.row_number()
-        .over(
-            partition_by=log_table.c.agent_id,
-            order_by=(log_table.c.at.desc(), log_table.c.id.desc()),
-        )
-        .label("rank")
+    last_two = (
+        sa.select(log_table.c.state, log_table.c.reason, log_table.c.queue_ids, log_table.c.at)
+        .where(log_table.c.agent_id == sa.bindparam("agent_id"))
+        .order_by(log_table.c.at.desc(), log_table.c.id.desc())
+        .limit(2)
     )
-    latest = sa.select(log_table, rank).subquery()
-    query = (
-        sa.select(
-            latest.c.agent_id, latest.c.state, latest.c.reason, latest.c.queue_ids, latest.c.at
-        )
-        .where(latest.c.rank <= 2)
-        .order_by(latest.c.agent_id, latest.c.rank)
-    )
-    rows: dict[str, list[LoggedState]] = {}
-    async with sessions() as session:
-        for agent_id, state, reason, queue_ids, at in await session.execute(query):
-            rows.setdefault(agent_id, []).append(
-                LoggedState(AgentState(state), reason, tuple(queue_ids or ()), at)
-            )
     out = []
-    for agent_id, last in rows.items():
-        back = restoration(last, now, within)
-        if back is not None:
-            out.append(AgentRestored(agent_id, back.paused_reason, back.queues))
+    async with sessions() as session:
+        for agent in agent_ids:
+            rows = [
+                LoggedState(AgentState(state), reason, tuple(queue_ids or ()), at)
+                for state, reason, queue_ids, at in await session.execute(
+                    last_two, {"agent_id": agent}
+                )
+            ]
+            back = restoration(rows, now, within)
+            if back is not None:
+                out.append(AgentRestored(agent, back.paused_reason, back.queues))
     return out
 
 

@@ -92,7 +92,7 @@ async def test_restorations_read_each_agents_last_two_rows(database_url: str) ->
     sessions = make_sessionmaker(engine)
     try:
         async with sessions() as session, session.begin():
-            for agent_id in ("anna", "bert", "cleo", "dora", "emil"):
+            for agent_id in ("anna", "bert", "cleo", "dora", "emil", "finn"):
                 session.add(m.Agent(id=agent_id, name=agent_id, endpoint=f"PJSIP/{agent_id}"))
         agent_log = DatabaseAgentLog(sessions, linger_s=0)
         agent_log.start()
@@ -114,10 +114,15 @@ async def test_restorations_read_each_agents_last_two_rows(database_url: str) ->
             # emil: stopped 1000 s before the start (over the 900 s): stays out.
             row("emil", S.READY, -900),
             row("emil", S.LOGGED_OUT, -840, SHUTDOWN_REASON),
+            # finn: ready, but no longer configured: not asked about.
+            row("finn", S.READY, 0),
         ]:
             agent_log.write(record)
         await agent_log.close(flush_timeout_s=10)
-        back = await restorations(sessions, T0 + timedelta(seconds=160), timedelta(seconds=900))
+        configured = ["anna", "bert", "cleo", "dora", "emil"]
+        back = await restorations(
+            sessions, configured, T0 + timedelta(seconds=160), timedelta(seconds=900)
+        )
     finally:
         await engine.dispose()
     assert sorted(back, key=lambda r: r.agent_id) == [
