@@ -378,13 +378,27 @@ class Probe:
         inbox.put_nowait = put_nowait  # the ARI reader and the executor both feed it
         ari = controller.ari
         add_to_bridge = ari.add_to_bridge
+        send: Callable[[Any, Callable[[Any], None]], bool] = ari.send
 
         async def timed_add_to_bridge(bridge_id: str, channel_ids: Iterable[str]) -> None:
             channel_ids = tuple(channel_ids)
             await add_to_bridge(bridge_id, channel_ids)
             self.bridged[channel_ids[0]] = time.time()
 
-        ari.add_to_bridge = timed_add_to_bridge
+        def timed_send(call: Any, done: Callable[[Any], None]) -> bool:
+            # A pipelined Bridge: stamped when its answer is handled.
+            if not call.path.endswith("/addChannel"):
+                return send(call, done)
+            caller = str(call.params["channel"]).split(",")[0]
+
+            def timed_done(error: Any) -> None:
+                self.bridged[caller] = time.time()
+                done(error)
+
+            return send(call, timed_done)
+
+        ari.add_to_bridge = timed_add_to_bridge  # the lane's Bridge (REST over HTTP)
+        ari.send = timed_send
         from pbx_controller.asterisk import ami
 
         dispatch = ami._Manager.dispatch

@@ -1,9 +1,13 @@
 """Core actions -> ARI requests.
 
-Actions for one channel run strictly in order (answer before play) on that
-channel's lane; different channels run concurrently. A failure becomes an
-`ActionFailed` event fed back to the core, so the call flow decides what
-the caller hears next.
+Actions for one channel run strictly in order (answer before play). While
+REST goes over the websocket, an action of one request is pipelined: sent at
+once behind the earlier ones (Asterisk carries out a websocket's requests in
+the order sent), its answer handled by a callback. Otherwise, and for
+actions of several dependent requests, they wait their turn on the
+channel's lane, a task; different channels run concurrently. A failure
+becomes an `ActionFailed` event fed back to the core, so the call flow
+decides what the caller hears next.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pbx_controller.asterisk.ari import (
     AriNotFound,
     AriUnavailable,
     ChannelGone,
+    Rest,
+    RestCall,
 )
 from pbx_controller.core import actions as a
 from pbx_controller.core import events as e
@@ -91,6 +97,8 @@ class Executor:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bridges: dict[str, asyncio.Task[None]] = {}  # bridge id -> its create request
+        self._in_flight = 0  # pipelined requests not answered yet
+        self._all_answered: asyncio.Future[None] | None = None  # drain() waits on it
 
     def submit(self, actions: Iterable[a.Action]) -> None:
         for action in actions:
@@ -104,9 +112,14 @@ class Executor:
                 case a.EmitCdr(cdr):
                     self._emit_cdr(cdr)  # taken at once, no task per CDR
                 case a.StopPlayback(playback_id):
-                    self._spawn(self._quietly(self.ari.stop_playback(playback_id)))
+                    call = Rest.stop_playback(playback_id)
+                    if not self._pipeline(call, self._quiet_done):
+                        self._spawn(self._quietly(self.ari.call(call)))
                 case a.DestroyBridge(bridge_id):
-                    self._spawn(self._quietly(self._destroy_bridge(bridge_id)))
+                    if bridge_id in self._bridges or not self._pipeline(
+                        Rest.destroy_bridge(bridge_id), self._quiet_done
+                    ):
+                        self._spawn(self._quietly(self._destroy_bridge(bridge_id)))
                 case a.RecordAgentState(record):
                     self._record_agent_state(record)  # queued, no task per row
                 case a.OpenRecording():
@@ -124,8 +137,14 @@ class Executor:
 
     async def drain(self) -> None:
         """Wait until every submitted action has been carried out."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._in_flight:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif self._all_answered is None or self._all_answered.done():
+                self._all_answered = asyncio.get_running_loop().create_future()
+                await self._all_answered
+            else:
+                await self._all_answered
 
     def close(self) -> None:
         for handle in self._timers.values():
@@ -139,8 +158,86 @@ class Executor:
         if lane is not None:
             lane.append(action)  # the running worker will get to it
             return
+        call = self._single_request(action)
+        if call is not None and self._pipeline(call, self._lane_done(channel_id, action)):
+            return
         self._lanes[channel_id] = deque([action])
         self._spawn(self._run_lane(channel_id))
+
+    def _single_request(self, action: a.Action) -> RestCall | None:
+        """The one request an action is, or None for an action of several
+        dependent requests (a lane task carries those out)."""
+        match action:
+            case a.Answer(channel_id):
+                return Rest.answer(channel_id)
+            case a.Play(channel_id, playback_id, media):
+                return Rest.play(channel_id, playback_id, media)
+            case a.Hangup(channel_id, reason):
+                return Rest.hangup(channel_id, reason)
+            case a.ContinueInDialplan(channel_id, context, extension, priority):
+                return Rest.continue_in_dialplan(channel_id, context, extension, priority)
+            case a.Originate(channel_id, endpoint, app_args, caller_id, timeout_ms, originator):
+                return Rest.originate(
+                    self.ari.app,
+                    endpoint,
+                    channel_id=channel_id,
+                    app_args=app_args,
+                    caller_id=caller_id or None,
+                    timeout_s=max(1, -(-timeout_ms // 1000)),
+                    originator=originator or None,
+                )
+            case a.Bridge(bridge_id, channel_ids) if bridge_id not in self._bridges:
+                # Its bridge was created by a pipelined request sent earlier
+                # (PrepareBridge), or never: then this fails as BridgeGone.
+                return Rest.add_to_bridge(bridge_id, channel_ids)
+            case a.StartMoh(channel_id, moh_class):
+                return Rest.start_moh(channel_id, moh_class)
+            case a.StopMoh(channel_id):
+                return Rest.stop_moh(channel_id)
+            case a.PauseRecording(_, name):
+                return Rest.pause_recording(name)
+            case a.ResumeRecording(_, name):
+                return Rest.unpause_recording(name)
+        return None
+
+    def _pipeline(self, call: RestCall, done: Callable[[AriError | None], None]) -> bool:
+        """Send now, pipelined, when REST goes over the websocket."""
+
+        def answered(error: AriError | None) -> None:
+            self._in_flight -= 1
+            if not self._in_flight and self._all_answered and not self._all_answered.done():
+                self._all_answered.set_result(None)
+            done(error)
+
+        if not self.ari.send(call, answered):
+            return False
+        self._in_flight += 1
+        return True
+
+    def _lane_done(self, channel_id: str, action: a.Action) -> Callable[[AriError | None], None]:
+        def done(error: AriError | None) -> None:
+            if error is not None:
+                self._failed(channel_id, action, error)
+
+        return done
+
+    def _quiet_done(self, error: AriError | None) -> None:
+        if error is not None and not isinstance(error, AriNotFound):
+            log.warning("%s", error)  # AriNotFound: finished already, the wanted outcome
+
+    def _failed(self, channel_id: str, action: a.Action, exc: AriError) -> None:
+        if isinstance(exc, ChannelGone):
+            self.feed(e.ActionFailed(channel_id, type(action).__name__, str(exc), gone=True))
+            return
+        log.error("%s on %s failed: %s", type(action).__name__, channel_id, exc)
+        self.feed(
+            e.ActionFailed(
+                channel_id,
+                type(action).__name__,
+                str(exc),
+                unanswered=isinstance(exc, AriUnavailable),
+            )
+        )
 
     async def _run_lane(self, channel_id: str) -> None:
         lane = self._lanes[channel_id]
@@ -149,44 +246,14 @@ class Executor:
                 action = lane.popleft()
                 try:
                     await self._perform(action)
-                except ChannelGone as exc:
-                    lane.clear()
-                    self.feed(
-                        e.ActionFailed(channel_id, type(action).__name__, str(exc), gone=True)
-                    )
                 except AriError as exc:
                     lane.clear()
-                    log.error("%s on %s failed: %s", type(action).__name__, channel_id, exc)
-                    self.feed(
-                        e.ActionFailed(
-                            channel_id,
-                            type(action).__name__,
-                            str(exc),
-                            unanswered=isinstance(exc, AriUnavailable),
-                        )
-                    )
+                    self._failed(channel_id, action, exc)
         finally:
             del self._lanes[channel_id]
 
     async def _perform(self, action: a.Action) -> None:
         match action:
-            case a.Answer(channel_id):
-                await self.ari.answer(channel_id)
-            case a.Play(channel_id, playback_id, media):
-                await self.ari.play(channel_id, playback_id, media)
-            case a.Hangup(channel_id, reason):
-                await self.ari.hangup(channel_id, reason)
-            case a.ContinueInDialplan(channel_id, context, extension, priority):
-                await self.ari.continue_in_dialplan(channel_id, context, extension, priority)
-            case a.Originate(channel_id, endpoint, app_args, caller_id, timeout_ms, originator):
-                await self.ari.originate(
-                    endpoint,
-                    channel_id=channel_id,
-                    app_args=app_args,
-                    caller_id=caller_id or None,
-                    timeout_s=max(1, -(-timeout_ms // 1000)),
-                    originator=originator or None,
-                )
             case a.Bridge(bridge_id, channel_ids):
                 creating = self._bridges.get(bridge_id)
                 if creating is None:
@@ -197,20 +264,15 @@ class Executor:
                     finally:
                         self._bridges.pop(bridge_id, None)
                 await self.ari.add_to_bridge(bridge_id, channel_ids)
-            case a.StartMoh(channel_id, moh_class):
-                await self.ari.start_moh(channel_id, moh_class)
-            case a.StopMoh(channel_id):
-                await self.ari.stop_moh(channel_id)
             case a.RecordLeg(snoop_id, target, name, app_args):
                 await self._record_leg(snoop_id, target, name, app_args)
-            case a.PauseRecording(_, name):
-                await self.ari.pause_recording(name)
-            case a.ResumeRecording(_, name):
-                await self.ari.unpause_recording(name)
             case a.StopRecording(snoop_id, name):
                 await self._stop_leg(snoop_id, name)
             case _:
-                raise TypeError(f"no ARI request for {action!r}")
+                call = self._single_request(action)
+                if call is None:
+                    raise TypeError(f"no ARI request for {action!r}")
+                await self.ari.call(call, parse=False)
 
     # -- recording legs -----------------------------------------------------------
 
@@ -238,7 +300,11 @@ class Executor:
 
     def _create_bridge(self, bridge_id: str) -> None:
         """POST /bridges now (PrepareBridge, while the agents ring); the lane's
-        Bridge step awaits it, so the answer costs one round trip, not two."""
+        Bridge step awaits it, so the answer costs one round trip, not two.
+        Pipelined, nothing waits: the Bridge's request goes after it, and
+        fails (BridgeGone) if this did."""
+        if self._pipeline(Rest.create_bridge(bridge_id), self._bridge_done(bridge_id)):
+            return
 
         async def create() -> None:
             await self.ari.create_bridge(bridge_id)
@@ -249,6 +315,14 @@ class Executor:
         self._bridges[bridge_id] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _bridge_done(bridge_id: str) -> Callable[[AriError | None], None]:
+        def done(error: AriError | None) -> None:
+            if error is not None:
+                log.warning("bridge %s not created: %s", bridge_id, error)
+
+        return done
 
     async def _destroy_bridge(self, bridge_id: str) -> None:
         creating = self._bridges.pop(bridge_id, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -13,9 +13,12 @@ from pbx_controller.asterisk.ari import (
     AriAuthError,
     AriBadRequest,
     AriClient,
+    AriConflict,
+    AriError,
     AriUnavailable,
     BridgeGone,
     ChannelGone,
+    Rest,
     StreamConnected,
 )
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.asterisk
 
 
 async def connected(
-    asterisk: SandboxAsterisk, *, rest_over_websocket: bool = False
+    asterisk: SandboxAsterisk, *, rest_over_websocket: bool = False, request_timeout_s: float = 5.0
 ) -> AsyncIterator[AriClient]:
     e = asterisk.endpoints
     # Its own app name: this test's events never reach another test's client.
@@ -34,6 +37,7 @@ async def connected(
         e.ari_password,
         f"test-{uuid.uuid4().hex[:8]}",
         rest_over_websocket=rest_over_websocket,
+        request_timeout_s=request_timeout_s,
     )
     reader = asyncio.create_task(client.run_events())
     try:
@@ -170,3 +174,70 @@ async def test_an_asterisk_that_never_answers_over_the_websocket_gets_http(
     assert await client.check_rest_over_websocket(timeout_s=0.3) is False
     assert client.rest_over_websocket is False
     assert "ping" in await client.ping()  # over HTTP now, at once
+
+
+class Outcomes:
+    """What pipelined requests heard back, in the order they were answered."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, AriError | None]] = []
+        self.changed = asyncio.Event()
+
+    def done(self, name: str) -> Callable[[AriError | None], None]:
+        def record(error: AriError | None) -> None:
+            self.heard.append((name, error))
+            self.changed.set()
+
+        return record
+
+    async def wait_for(self, count: int) -> list[tuple[str, AriError | None]]:
+        async with asyncio.timeout(10):
+            while len(self.heard) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.heard
+
+
+async def test_pipelined_requests_run_in_the_order_sent(ws_ari: AriClient) -> None:
+    channel_id, bridge_id = f"p-{uuid.uuid4()}", f"p-{uuid.uuid4().hex[:8]}"
+    await ws_ari.originate("Local/echo@pbx-test", channel_id=channel_id, app_args="leg")
+    await next_event(ws_ari, "StasisStart", id=channel_id)
+    outcomes = Outcomes()
+    # All four go out before any answer is back, and each outcome depends on
+    # the one before: the channel can join only a created bridge, and the
+    # bridge is gone for the last request only if the third came first.
+    sent = [
+        ws_ari.send(Rest.create_bridge(bridge_id), outcomes.done("create")),
+        ws_ari.send(Rest.add_to_bridge(bridge_id, [channel_id]), outcomes.done("add")),
+        ws_ari.send(Rest.destroy_bridge(bridge_id), outcomes.done("destroy")),
+        ws_ari.send(Rest.add_to_bridge(bridge_id, [channel_id]), outcomes.done("add again")),
+    ]
+    assert sent == [True] * 4
+    heard = await outcomes.wait_for(4)
+    assert [name for name, _ in heard] == ["create", "add", "destroy", "add again"]
+    assert [error for _, error in heard[:3]] == [None, None, None]
+    # Gone from our app: 404, or 409 while Asterisk still finishes destroying
+    # it. Either way a typed error, as when awaited; sent first, it succeeds.
+    assert isinstance(heard[3][1], BridgeGone | AriConflict)
+    entered = await next_event(ws_ari, "ChannelEnteredBridge", id=channel_id)
+    assert entered["bridge"]["id"] == bridge_id
+    await ws_ari.hangup(channel_id)
+
+
+async def test_a_pipelined_request_without_an_answer_times_out(
+    asterisk: SandboxAsterisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for client in connected(asterisk, rest_over_websocket=True, request_timeout_s=0.3):
+        monkeypatch.setattr(client, "_answered", lambda response: None)  # answers lost
+        outcomes = Outcomes()
+        assert client.send(Rest.stop_moh("no-such-channel"), outcomes.done("moh")) is True
+        [(_, error)] = await outcomes.wait_for(1)
+        assert isinstance(error, AriUnavailable)
+        assert "no answer" in str(error)
+
+
+async def test_send_refuses_when_rest_goes_over_http(ari: AriClient) -> None:
+    outcomes = Outcomes()
+    assert ari.send(Rest.stop_moh("no-such-channel"), outcomes.done("moh")) is False
+    await asyncio.sleep(0.1)  # deliberate: nothing may come back for it
+    assert outcomes.heard == []

@@ -29,9 +29,19 @@ DIRECTORY = Directory.build(
 )
 
 
-@pytest.fixture
-async def controller(asterisk: SandboxAsterisk) -> AsyncIterator[Controller]:
-    async with Controller(controller_settings(asterisk), DIRECTORY, LoggingCdrSink()) as c:
+@pytest.fixture(params=["rest-over-websocket", "rest-over-http"])
+async def controller(
+    asterisk: SandboxAsterisk, request: pytest.FixtureRequest
+) -> AsyncIterator[Controller]:
+    """Each test runs twice: REST pipelined over the event websocket (the
+    default), and over HTTP (an older Asterisk), where the executor's lanes
+    order a channel's requests."""
+    settings = controller_settings(asterisk)
+    over_websocket = request.param == "rest-over-websocket"
+    ari = settings.ari.model_copy(update={"rest_over_websocket": over_websocket})
+    settings = settings.model_copy(update={"ari": ari})
+    async with Controller(settings, DIRECTORY, LoggingCdrSink()) as c:
+        assert c.ari.pipelining is over_websocket
         yield c
 
 
