@@ -659,6 +659,40 @@ async def test_write_takes_the_record_at_once_and_the_sync_thread_makes_it_durab
     assert len(synced) < 200
 
 
+async def test_writes_within_the_group_window_share_one_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 25 CDRs/s each record had its own wake-up and fdatasync; in a window
+    # the records of its moments share one pass. A pass someone awaits
+    # (append) does not wait the window out.
+    synced: list[int] = []
+    real = ob._datasync
+
+    def datasync(fd: int) -> None:
+        real(fd)
+        synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(ob, "_datasync", datasync)
+    directory = tmp_path / "outbox"
+    box = outbox(directory, MemorySink(), group_window_s=0.5)
+    async with asyncio.timeout(10):
+        await box.open()
+        try:
+            for i in range(5):  # spread over 0.2 s: inside one window
+                box.write(make_cdr(i))
+                await asyncio.sleep(0.04)
+            size = (directory / segment_name(1)).stat().st_size
+            await wait_for(lambda: any(s >= size for s in synced))
+            assert synced == [size]  # one pass took all five
+            started = asyncio.get_running_loop().time()
+            box.write(make_cdr(5))  # opens a window...
+            await box.append(make_cdr(6))  # ...that this does not wait out
+            assert asyncio.get_running_loop().time() - started < 0.4
+            assert synced[-1] == (directory / segment_name(1)).stat().st_size
+        finally:
+            await box.close(flush_timeout_s=0)
+
+
 async def test_write_refused_by_the_disk_goes_straight_to_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
