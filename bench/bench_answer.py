@@ -25,8 +25,10 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from urllib.parse import unquote
 
-from pbx_controller.asterisk.ari import AriClient, StreamConnected
+from pbx_controller.asterisk.ari import AriClient, AriError, RestCall, StreamConnected
 from pbx_controller.core.model import Directory, Tenant
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, controller_settings
 from pbx_controller.service import Controller, LoggingCdrSink
@@ -89,7 +91,24 @@ async def main() -> None:
                 greeted.setdefault(channel_id.removesuffix(";2"), time.perf_counter())
                 return result
 
+            send = controller.ari.send
+
+            def timed_send(call: RestCall, done: Callable[[AriError | None], None]) -> bool:
+                # A pipelined Play (REST over the websocket): stamped when
+                # Asterisk's answer is handled, as timed_play is over HTTP.
+                if "/play/" not in call.path:
+                    return send(call, done)
+                channel_id = unquote(call.path.split("/")[2])
+
+                def timed_done(error: AriError | None) -> None:
+                    if error is None:
+                        greeted.setdefault(channel_id.removesuffix(";2"), time.perf_counter())
+                    done(error)
+
+                return send(call, timed_done)
+
             controller.ari.play = timed_play  # type: ignore[method-assign]
+            controller.ari.send = timed_send  # type: ignore[method-assign]
             ast_cpu0, own_cpu0 = asterisk_cpu_s(asterisk.process.pid), own_cpu_s()
             started = time.perf_counter()
             pending: set[asyncio.Task[object]] = set()
