@@ -472,7 +472,8 @@ class AriClient:
                     f"ARI {call.method} {call.path}: no answer over the websocket", path=call.path
                 )
             )
-        if self._pending:
+        # (An answer above may have sent a request, which armed the sweep.)
+        if self._pending and self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(
                 self._sweep_every_s, self._expire_overdue
             )
