@@ -524,16 +524,8 @@ class AriClient:
         result: Json = await self.request("GET", f"/channels/{_p(channel_id)}")
         return result
 
-    async def answer(self, channel_id: str) -> None:
-        await self.call(Rest.answer(channel_id))
-
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         await self.call(Rest.hangup(channel_id, reason))
-
-    async def continue_in_dialplan(
-        self, channel_id: str, context: str, extension: str = "s", priority: int = 1
-    ) -> None:
-        await self.call(Rest.continue_in_dialplan(channel_id, context, extension, priority))
 
     async def play(self, channel_id: str, playback_id: str, media: Iterable[str]) -> None:
         # The playback's JSON is not read: its id is ours, its events follow.
@@ -584,12 +576,6 @@ class AriClient:
             "GET", f"/channels/{_p(channel_id)}/variable", {"variable": name}
         )
         return str(result.get("value", ""))
-
-    async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
-        await self.call(Rest.start_moh(channel_id, moh_class))
-
-    async def stop_moh(self, channel_id: str) -> None:
-        await self.call(Rest.stop_moh(channel_id))
 
     async def ring(self, channel_id: str) -> None:
         await self.request("POST", f"/channels/{_p(channel_id)}/ring")

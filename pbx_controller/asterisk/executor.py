@@ -116,6 +116,8 @@ class Executor:
                     if not self._pipeline(call, self._quiet_done):
                         self._spawn(self._quietly(self.ari.call(call)))
                 case a.DestroyBridge(bridge_id):
+                    # A bridge still being created by a task (REST over HTTP)
+                    # is destroyed by a task too, once created.
                     if bridge_id in self._bridges or not self._pipeline(
                         Rest.destroy_bridge(bridge_id), self._quiet_done
                     ):
@@ -140,11 +142,10 @@ class Executor:
         while self._tasks or self._in_flight:
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            elif self._all_answered is None or self._all_answered.done():
+                continue
+            if self._all_answered is None or self._all_answered.done():
                 self._all_answered = asyncio.get_running_loop().create_future()
-                await self._all_answered
-            else:
-                await self._all_answered
+            await self._all_answered
 
     def close(self) -> None:
         for handle in self._timers.values():
