@@ -5,11 +5,13 @@ Asterisk restarts. Every await is bounded; nothing sleeps to wait."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -216,17 +218,35 @@ async def test_heartbeat_notices_a_frozen_asterisk(fresh_asterisk: SandboxAsteri
     assert fresh_asterisk.process is not None
     pid = fresh_asterisk.process.pid
     try:
-        os.kill(pid, signal.SIGSTOP)
-        async with asyncio.timeout(10):
-            with pytest.raises(AmiConnectionError, match="lost before the answer"):
-                await client.ping(timeout_s=8)
-        assert not client.ready
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    try:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            # kill() returns before every thread has stopped: until they
+            # have, Asterisk's AMI thread may still answer the Ping.
+            await wait_until_stopped(pid)
+            async with asyncio.timeout(10):
+                with pytest.raises(AmiConnectionError, match="lost before the answer"):
+                    await client.ping(timeout_s=8)
+            assert not client.ready
+        finally:
+            os.kill(pid, signal.SIGCONT)
         async with asyncio.timeout(15):
             await client.ping(timeout_s=10)
     finally:
         async with asyncio.timeout(5):
             await client.close()
     assert client.logins == 2
+
+
+async def wait_until_stopped(pid: int) -> None:
+    """Until each of the process's threads is in state T (stopped)."""
+    tasks = Path(f"/proc/{pid}/task")
+    async with asyncio.timeout(5):
+        while True:
+            states = set()
+            for stat in tasks.glob("*/stat"):
+                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                    # "pid (comm) S ...": comm may hold spaces; the state follows its ")".
+                    states.add(stat.read_text().rpartition(")")[2].split()[0])
+            if states == {"T"}:
+                return
+            await asyncio.sleep(0.005)
