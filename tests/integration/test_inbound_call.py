@@ -15,6 +15,7 @@ from pbx_controller.core.cdr import Disposition, HangupSide
 from pbx_controller.core.model import Directory, Tenant
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, controller_settings
 from pbx_controller.service import Controller, LoggingCdrSink
+from tests.integration.cdr_support import apoll
 from tests.integration.helpers import watch
 
 pytestmark = pytest.mark.asterisk
@@ -76,9 +77,13 @@ async def test_call_is_answered_greeted_and_hung_up(asterisk, controller) -> Non
     assert cdr.disposition is Disposition.SERVED
     assert cdr.hangup_side is HangupSide.SYSTEM
     assert cdr.arrived_at <= cdr.ended_at
-    # Asterisk agrees the channel is gone.
-    channels = await controller.ari.list_channels()
-    assert arrived.channel_id not in {c["id"] for c in channels}
+    # Asterisk agrees the channel is gone (the CDR is written as the
+    # controller hangs up, a moment before Asterisk has destroyed it).
+    await apoll(lambda: _gone(controller, arrived.channel_id), timeout=5)
+
+
+async def _gone(controller: Controller, channel_id: str) -> bool:
+    return channel_id not in {c["id"] for c in await controller.ari.list_channels()}
 
 
 async def test_unknown_did_goes_back_to_the_dialplan_message(asterisk, controller) -> None:
