@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     # After a stop shorter than this, agents come back logged in as they
     # were; after a longer one (the night), logged out. 0: after every clean
-    # stop. A run that died is always followed by a restore (core.agent.restoration).
+    # stop. A run that died counts as stopped at its last liveness stamp
+    # (store.liveness, core.agent.lost_run_logout).
     agents_restore_within_s: int = Field(default=900, ge=0)
 
     @classmethod

@@ -80,6 +80,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
     from pbx_controller.store.cdr_writer import DatabaseCdrSink
     from pbx_controller.store.db import make_sessionmaker
     from pbx_controller.store.directory import load_directory
+    from pbx_controller.store.liveness import LivenessStamp
     from pbx_controller.store.outbox import CdrOutbox, OutboxError
 
     url = settings.database.url.get_secret_value()
@@ -95,12 +96,15 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             await outbox.open()
         except (OutboxError, OSError) as exc:
             raise CliError(f"CDR outbox: {exc}") from None
+        # The outbox's lock is held: no other run of this data dir is stamping.
+        stamp = LivenessStamp(settings.data_dir)
         try:
             restored = await restorations(
                 sessions,
                 directory.agents,
                 datetime.now(UTC),
                 timedelta(seconds=settings.agents_restore_within_s),
+                alive_at=stamp.read(),
             )
         except SQLAlchemyError as exc:
             # Starting with everyone logged out would leave the log saying
@@ -113,6 +117,7 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
             settings.recordings.spool_dir,
             sessions,
         )
+        stamping = asyncio.create_task(stamp.run(), name="liveness-stamp")
         try:
             outbox.start()
             try:
@@ -135,6 +140,9 @@ async def _serve(settings: Settings, *, migrate: bool) -> None:
                     raise
                 raise CliError(str(cause)) from None
         finally:
+            stamping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stamping
             await agent_log.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
             await outbox.close(flush_timeout_s=SHUTDOWN_FLUSH_S)
     finally:

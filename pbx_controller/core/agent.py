@@ -31,9 +31,11 @@ Rules the board keeps:
 - `calls_taken` (least-calls routing) counts answered offers since login.
 - A stopping controller logs every agent out (`shutdown`, reason
   `SHUTDOWN_REASON`): nobody is served, or paid readiness for, while it is
-  down. The next run puts each agent back as the log left it
-  (`restoration`, then `restore`), so a restart does not make every agent
-  dial the login code again.
+  down. A run that died without a word (kill -9, power) could not: the
+  next run logs them out for it (`lost_run_logout`, reason `LOST_REASON`),
+  as of the last moment the dead run was known alive. The next run then
+  puts each agent back as the log left it (`restoration`, then `restore`),
+  so a restart does not make every agent dial the login code again.
 
 Timers: the board names its own timers (`agent:<id>/wrapup/<n>`) and returns
 `StartTimer`/`CancelTimer` actions; feed a fired one back to `timer_fired`.
@@ -56,6 +58,7 @@ __all__ = [
     "AGENT_TIMER_PREFIX",
     "AGENT_TRANSITIONS",
     "AUTO_PAUSE_REASON",
+    "LOST_REASON",
     "MAX_REASON_LENGTH",
     "READINESS_STATES",
     "SHUTDOWN_REASON",
@@ -70,6 +73,7 @@ __all__ = [
     "NotAMember",
     "Restoration",
     "UnknownAgent",
+    "lost_run_logout",
     "restoration",
 ]
 
@@ -77,6 +81,9 @@ AUTO_PAUSE_REASON = "auto:missed-offers"
 # The reason on the logged_out rows a stopping controller writes: the next
 # run knows the agent did not log out, and puts it back.
 SHUTDOWN_REASON = "controller-stopped"
+# The same, written by a starting controller for a run that died without
+# logging anyone out (see lost_run_logout).
+LOST_REASON = "controller-lost"
 MAX_REASON_LENGTH = 64  # agent_state_log.reason
 AGENT_TIMER_PREFIX = "agent:"
 
@@ -193,19 +200,22 @@ def restoration(
     (newest first; two are enough). None: logged out.
 
     - Logged out by the agent (or never logged in): stays out.
-    - Logged out by a stopping controller (SHUTDOWN_REASON) less than
-      `within` ago: back as it was before the stop. After a longer stop
-      (the night), out: the agent may have gone home.
-    - Anything else: the last run died without a word (kill -9, power):
-      back as the log left it. Paused stays paused with its reason; ready,
-      ringing, on a call or in wrap-up comes back ready (that call did not
-      survive the restart).
+    - Logged out by a stopping controller (SHUTDOWN_REASON), or for a run
+      that died (LOST_REASON), less than `within` ago: back as it was
+      before. After a longer stop (the night), out: the agent may have gone
+      home.
+    - Anything else (a dead run's rows without its LOST_REASON row): back as
+      the log left it.
+
+    Back means: paused stays paused with its reason; ready, ringing, on a
+    call or in wrap-up comes back ready (a call that survived the restart
+    is adopted after).
     """
     if not rows:
         return None
     last = rows[0]
     if last.state is _A.LOGGED_OUT:
-        stopped = last.reason == SHUTDOWN_REASON and now - last.at <= within
+        stopped = last.reason in _STOP_REASONS and now - last.at <= within
         if not stopped or len(rows) < 2:
             return None
         last = rows[1]
@@ -214,6 +224,26 @@ def restoration(
     if last.state is _A.PAUSED:
         return Restoration(last.reason or "restored", last.queues)
     return Restoration(None, last.queues)
+
+
+_STOP_REASONS = frozenset({SHUTDOWN_REASON, LOST_REASON})
+
+
+def lost_run_logout(
+    last: LoggedState | None, alive_at: datetime | None, now: datetime
+) -> LoggedState | None:
+    """The row a starting controller writes for an agent whose last row
+    (`last`) says logged in: the run that wrote it died without logging
+    anyone out. Logged out as of `alive_at`, the last moment that run was
+    known alive (its liveness stamp), so the time it was down is not billed
+    as readiness. Never before the agent's own last row (the log stays in
+    order), never after `now` (a clock stepped back). No stamp (a first
+    start, a new data directory): as of the last row, which bills less
+    rather than more. None when the agent is logged out already."""
+    if last is None or last.state is _A.LOGGED_OUT:
+        return None
+    at = last.at if alive_at is None else max(last.at, min(alive_at, now))
+    return LoggedState(_A.LOGGED_OUT, LOST_REASON, (), at)
 
 
 @dataclass(frozen=True, slots=True)

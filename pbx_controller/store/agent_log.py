@@ -24,7 +24,13 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pbx_controller.backoff import backoff_s
-from pbx_controller.core.agent import AgentState, AgentStateRecord, LoggedState, restoration
+from pbx_controller.core.agent import (
+    AgentState,
+    AgentStateRecord,
+    LoggedState,
+    lost_run_logout,
+    restoration,
+)
 from pbx_controller.core.events import AgentRestored
 from pbx_controller.store import models as m
 from pbx_controller.store.outbox import describe_database_error, is_permanent_database_error
@@ -52,11 +58,18 @@ async def restorations(
     agent_ids: Iterable[str],
     now: datetime,
     within: timedelta,
+    *,
+    alive_at: datetime | None = None,
 ) -> list[AgentRestored]:
     """The agents (of those configured) a starting controller logs back in:
     each agent's last two rows, judged by `core.agent.restoration`. One
     query per agent, each a short walk of the (agent_id, at) index: the log
-    grows for ever, and a window over all of it would be read at every start."""
+    grows for ever, and a window over all of it would be read at every start.
+
+    An agent the last run left logged in (that run died) is first logged
+    out as of `alive_at`, the dead run's liveness stamp
+    (`core.agent.lost_run_logout`): those rows are written here, before
+    anything of the new run."""
     log_table = AGENT_STATE_LOG
     last_two = (
         sa.select(log_table.c.state, log_table.c.reason, log_table.c.queue_ids, log_table.c.at)
@@ -65,7 +78,8 @@ async def restorations(
         .limit(2)
     )
     out = []
-    async with sessions() as session:
+    lost: list[dict[str, object]] = []
+    async with sessions() as session, session.begin():
         for agent in agent_ids:
             rows = [
                 LoggedState(AgentState(state), reason, tuple(queue_ids or ()), at)
@@ -73,9 +87,31 @@ async def restorations(
                     last_two, {"agent_id": agent}
                 )
             ]
+            logout = lost_run_logout(rows[0] if rows else None, alive_at, now)
+            if logout is not None:
+                rows = [logout, rows[0]]
+                lost.append(
+                    {
+                        "agent_id": agent,
+                        "state": logout.state.value,
+                        "reason": logout.reason,
+                        "tenant_ids": [],
+                        "queue_ids": [],
+                        "at": logout.at,
+                    }
+                )
             back = restoration(rows, now, within)
             if back is not None:
                 out.append(AgentRestored(agent, back.paused_reason, back.queues))
+        if lost:
+            await session.execute(insert(AGENT_STATE_LOG), lost)
+    if lost:
+        log.warning(
+            "the last run ended without logging %d agent(s) out (killed?); logged out as of"
+            " %s, the last time it was known running: no readiness for the time it was down",
+            len(lost),
+            "its last log rows" if alive_at is None else alive_at.isoformat(timespec="seconds"),
+        )
     return out
 
 

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from pbx_controller.core.agent import SHUTDOWN_REASON, AgentState, AgentStateRecord
+from pbx_controller.billing.readiness import load_readiness
+from pbx_controller.core.agent import LOST_REASON, SHUTDOWN_REASON, AgentState, AgentStateRecord
 from pbx_controller.core.events import AgentRestored
+from pbx_controller.core.rating import ReadinessInterval
 from pbx_controller.store import models as m
 from pbx_controller.store.agent_log import DatabaseAgentLog, restorations
 from pbx_controller.store.db import make_engine, make_sessionmaker, upgrade_to_head
@@ -129,4 +131,65 @@ async def test_restorations_read_each_agents_last_two_rows(database_url: str) ->
         AgentRestored("anna", "lunch", ("sales",)),
         AgentRestored("bert", None, ("sales",)),
         AgentRestored("dora", None, ("sales",)),
+    ]
+
+
+async def test_a_dead_run_s_agents_are_logged_out_as_of_its_stamp(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last run died at T0+70 s (its stamp) with anna on a call and bert
+    paused; the new run starts at T0+160 s. Both get a logged_out row at the
+    stamp, before anything of the new run, and come back as they were:
+    readiness stops at the stamp, not at the new start."""
+    S = AgentState
+    await upgrade_to_head(database_url)
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():
+            session.add(m.Tenant(id="acme", name="Acme"))
+            for agent_id in ("anna", "bert", "cleo"):
+                session.add(m.Agent(id=agent_id, name=agent_id, endpoint=f"PJSIP/{agent_id}"))
+        agent_log = DatabaseAgentLog(sessions, linger_s=0)
+        agent_log.start()
+        for record in [
+            row("anna", S.READY, 0),
+            row("anna", S.ON_CALL, 50),
+            row("bert", S.PAUSED, 20, "lunch"),
+            row("cleo", S.READY, 10),
+            row("cleo", S.LOGGED_OUT, 30),  # logged out herself: no row for her
+        ]:
+            agent_log.write(record)
+        await agent_log.close(flush_timeout_s=10)
+        start = T0 + timedelta(seconds=160)
+        with caplog.at_level(logging.WARNING, logger="pbx_controller.store.agent_log"):
+            back = await restorations(
+                sessions,
+                ["anna", "bert", "cleo"],
+                start,
+                timedelta(seconds=900),
+                alive_at=T0 + timedelta(seconds=70),
+            )
+        async with sessions() as session:
+            query = select(m.AgentStateLog).order_by(m.AgentStateLog.at, m.AgentStateLog.id)
+            rows = (await session.scalars(query)).all()
+        async with engine.connect() as connection:
+            readiness = await load_readiness(connection, {"acme": (T0, start)})
+    finally:
+        await engine.dispose()
+    assert sorted(back, key=lambda r: r.agent_id) == [
+        AgentRestored("anna", None, ("sales",)),
+        AgentRestored("bert", "lunch", ("sales",)),
+    ]
+    lost = [(r.agent_id, r.state, r.reason, r.at) for r in rows if r.reason == LOST_REASON]
+    stamp = T0 + timedelta(seconds=70)
+    assert lost == [
+        ("anna", "logged_out", LOST_REASON, stamp),
+        ("bert", "logged_out", LOST_REASON, stamp),
+    ]
+    assert "without logging 2 agent(s) out" in caplog.text
+    # anna was ready from 0 to the stamp (70 s), not to the new start (160 s).
+    assert sorted(readiness["acme"], key=lambda i: i.agent) == [
+        ReadinessInterval("anna", T0, stamp),
+        ReadinessInterval("cleo", T0 + timedelta(seconds=10), T0 + timedelta(seconds=30)),
     ]

@@ -9,13 +9,14 @@ controller throughout: readiness billing reads it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from pbx_controller.asterisk.ari import AriClient
-from pbx_controller.core.agent import SHUTDOWN_REASON
+from pbx_controller.core.agent import LOST_REASON, SHUTDOWN_REASON
 from pbx_controller.sandbox.asterisk import SandboxAsterisk
 from pbx_controller.store import models as m
 from pbx_controller.store.db import make_engine, make_sessionmaker
@@ -86,6 +87,20 @@ async def last_rows(url: str) -> dict[str, tuple[str, str | None, list[str]]]:
     return {r.agent_id: (r.state, r.reason, r.queue_ids) for r in rows}
 
 
+async def rows_since(url: str, agent: str, since: datetime) -> list[m.AgentStateLog]:
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            query = (
+                select(m.AgentStateLog)
+                .where(m.AgentStateLog.agent_id == agent, m.AgentStateLog.at >= since)
+                .order_by(m.AgentStateLog.at, m.AgentStateLog.id)
+            )
+            return list((await session.scalars(query)).all())
+    finally:
+        await engine.dispose()
+
+
 async def answered_by(url: str, asterisk: SandboxAsterisk, calls_before: int) -> str | None:
     place_call(asterisk, DID)
     rows = await apoll(lambda: _more_cdrs(url, calls_before), timeout=20)
@@ -126,14 +141,26 @@ async def test_agents_come_back_after_a_stop_and_a_kill(
         assert agents(serve) == before
         assert await answered_by(url, asterisk, 0) == "ann"  # no login code dialled
 
-        # kill -9 mid-run: no word from the dying run; the log's last rows
-        # (ready, paused) put them back all the same.
+        # kill -9 mid-run: no word from the dying run. The next one logs
+        # them out as of the dead run's liveness stamp (no readiness for the
+        # time it was down), then puts them back as they were.
         serve.kill9()
+        killed_at = datetime.now(UTC)
         await serve.start()
         assert agents(serve) == before
         assert await answered_by(url, asterisk, 1) == "ann"
         rows = await last_rows(url)
         assert rows["bob"] == ("paused", "lunch", ["rst-front"])
+        for agent in ("ann", "bob"):
+            since_kill = await rows_since(url, agent, killed_at - timedelta(seconds=10))
+            (i,) = [i for i, r in enumerate(since_kill) if r.reason == LOST_REASON]
+            lost, back = since_kill[i : i + 2]
+            assert lost.state == "logged_out"
+            # Stamped every 5 s while it ran: at most that before the kill.
+            assert killed_at - timedelta(seconds=6) <= lost.at <= killed_at
+            assert back.state == before[agent][0]
+            assert back.at > killed_at  # the new run's restore
+        assert "the last run ended without logging 2 agent(s) out" in serve.log()
 
         # A stop longer than agents_restore_within_s: everyone starts out.
         assert await serve.terminate() == 0

@@ -11,12 +11,18 @@ from pbx_controller.core.actions import CancelTimer, StartTimer
 from pbx_controller.core.agent import (
     AGENT_TRANSITIONS,
     AUTO_PAUSE_REASON,
+    LOST_REASON,
+    SHUTDOWN_REASON,
     AgentBoard,
     AgentState,
     AgentStateRecord,
     CallMismatch,
+    LoggedState,
     NotAMember,
+    Restoration,
     UnknownAgent,
+    lost_run_logout,
+    restoration,
 )
 from pbx_controller.core.machine import InvalidTransition
 from pbx_controller.core.model import AgentProfile, Queue, QueueMembership
@@ -404,3 +410,42 @@ def test_every_table_event_has_a_board_command() -> None:
     diagram = AGENT_TRANSITIONS.mermaid()
     assert "wrap_up --> ready: WrapUpEnded" in diagram
     assert "reserved --> paused: OfferMissed" in diagram
+
+
+# -- a run that died: logged out for it, as of its last liveness stamp -----------------
+
+
+def test_a_dead_run_s_agent_is_logged_out_as_of_the_stamp_and_comes_back() -> None:
+    on_call = LoggedState(S.ON_CALL, None, ("acme-sales",), at(10))
+    logout = lost_run_logout(on_call, alive_at=at(14), now=at(60))
+    assert logout == LoggedState(S.LOGGED_OUT, LOST_REASON, (), at(14))
+    # Within the restore window of the stamp: back ready, in its queues.
+    assert restoration([logout, on_call], at(60), timedelta(seconds=900)) == Restoration(
+        None, ("acme-sales",)
+    )
+    # Down longer than the window (the night): out, as after a long clean stop.
+    assert restoration([logout, on_call], at(14 + 901), timedelta(seconds=900)) is None
+
+
+def test_a_dead_run_s_logout_never_leaves_the_log_out_of_order() -> None:
+    paused = LoggedState(S.PAUSED, "lunch", ("globex",), at(30))
+    # No stamp (first start, new data dir): as of the agent's last row.
+    assert lost_run_logout(paused, None, at(60)) == LoggedState(
+        S.LOGGED_OUT, LOST_REASON, (), at(30)
+    )
+    # A stamp older than the last row (written between stamps): the row's time.
+    assert lost_run_logout(paused, at(25), at(60)).at == at(30)  # type: ignore[union-attr]
+    # A stamp in the future (the clock was stepped back): now.
+    assert lost_run_logout(paused, at(90), at(60)).at == at(60)  # type: ignore[union-attr]
+    logout = lost_run_logout(paused, at(35), at(60))
+    assert logout is not None
+    assert restoration([logout, paused], at(60), timedelta(seconds=900)) == Restoration(
+        "lunch", ("globex",)
+    )
+
+
+def test_no_dead_run_logout_for_an_agent_logged_out_already() -> None:
+    for reason in (None, SHUTDOWN_REASON, LOST_REASON):
+        out = LoggedState(S.LOGGED_OUT, reason, (), at(5))
+        assert lost_run_logout(out, at(20), at(60)) is None
+    assert lost_run_logout(None, at(20), at(60)) is None

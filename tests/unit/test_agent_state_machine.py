@@ -32,6 +32,7 @@ from pbx_controller.core.actions import CancelTimer, StartTimer
 from pbx_controller.core.agent import (
     AGENT_TRANSITIONS,
     AUTO_PAUSE_REASON,
+    LOST_REASON,
     SHUTDOWN_REASON,
     AgentBoard,
     AgentState,
@@ -39,6 +40,7 @@ from pbx_controller.core.agent import (
     BoardChange,
     CallMismatch,
     LoggedState,
+    lost_run_logout,
     restoration,
 )
 from pbx_controller.core.machine import InvalidTransition
@@ -365,10 +367,11 @@ class AgentMachine(RuleBasedStateMachine):
             assert after.queues == ("q1", "q2")
         self.shadow.misses[agent] = before.missed_in_row if before.state is not S.LOGGED_OUT else 0
 
-    @rule(stopped_s=st.sampled_from([5, 899, 901, 3600]))
-    def restart(self, stopped_s: int) -> None:
-        """The controller stops (every agent out), then starts again after
-        `stopped_s`; each agent comes back from its last two log rows only."""
+    @rule(stopped_s=st.sampled_from([5, 899, 901, 3600]), killed=st.booleans())
+    def restart(self, stopped_s: int, killed: bool) -> None:
+        """The controller stops (every agent out), or is killed (the next run
+        logs them out as of the kill: `lost_run_logout`), then starts again
+        after `stopped_s`; each agent comes back from its last two log rows only."""
         now = self.tick()
         before = {a: self.board.status(a) for a in AGENTS}
         last_rows: dict[str, list[LoggedState]] = {}
@@ -380,17 +383,33 @@ class AgentMachine(RuleBasedStateMachine):
                 continue
             assert status.since is not None
             previous = LoggedState(status.state, status.reason, status.queues, status.since)
+            self.shadow.misses[agent] = 0
+            if killed:
+                # No word from the dying run; its stamp says `now`. The board
+                # dies with it: the next run starts a new one.
+                last_rows[agent] = [previous]
+                continue
             change = self.feed(agent, "Shutdown", lambda a=agent: self.board.shutdown(a, now))
             assert change is not None
             (row,) = change.records
             last_rows[agent] = [LoggedState(row.state, row.reason, row.queues, row.at), previous]
-            self.shadow.misses[agent] = 0
+        if killed:
+            self.board = AgentBoard(PROFILES, QUEUES, auto_pause_after=K)
+            self.book = OfferBook()
+            self.shadow.timers.clear()
         for call_id in self.ringing_calls():
             self.book.withdraw(call_id)
         assert not self.board.available()
         start = self.tick(stopped_s)
         for agent in AGENTS:
-            back = restoration(last_rows[agent], start, timedelta(seconds=900))
+            rows = last_rows[agent]
+            logout = lost_run_logout(rows[0] if rows else None, now, start)
+            if killed and rows:
+                assert logout == LoggedState(S.LOGGED_OUT, LOST_REASON, (), now)
+                rows = [logout, *rows]
+            else:
+                assert logout is None  # logged out already, by the stop or by the agent
+            back = restoration(rows, start, timedelta(seconds=900))
             was = before[agent]
             if was.state is S.LOGGED_OUT or stopped_s > 900:
                 assert back is None
@@ -407,7 +426,7 @@ class AgentMachine(RuleBasedStateMachine):
             expected = (S.PAUSED, was.reason) if was.state is S.PAUSED else (S.READY, None)
             assert (after.state, after.reason) == expected
             assert after.queues == was.queues
-        hypothesis.event(f"restart after {stopped_s} s")
+        hypothesis.event(f"{'kill' if killed else 'stop'}, restart after {stopped_s} s")
 
     def check_wrapup_end(self, before: AgentStatus, after: AgentStatus) -> None:
         assert before.state is S.WRAP_UP
