@@ -3,6 +3,7 @@
     pbxctl config apply pbx.toml [--dry-run]
     pbxctl config reload
     pbxctl config show > pbx.toml
+    pbxctl config phones --passwords PASSWORDS.toml [--out pjsip_agents.conf]
 
 `apply` validates the file before touching the database, prints one line
 per change ("+ queue acme-sales", "~ agent anna: skills.polish 7 -> 8",
@@ -10,6 +11,12 @@ per change ("+ queue acme-sales", "~ agent anna: skills.polish 7 -> 8",
 file again prints "no changes". `--dry-run` prints the plan and writes
 nothing. `show` prints the stored configuration as a file `apply` accepts,
 so `apply` of `show` changes nothing.
+
+`phones` writes the agents' PJSIP phones (endpoint, AOR to register to,
+digest auth) for Asterisk's pjsip.conf to include, from the stored agents
+and a passwords file of their own (`agent_id = "password"`, mode 600); the
+file holds password digests only. Asterisk takes it on
+`module reload res_pjsip.so`.
 
 `reload` makes the running controller read the configuration again and
 apply it live (as `kill -HUP` does): calls in progress go on, agents stay
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +48,15 @@ if TYPE_CHECKING:
 
     from pbx_controller.config import Settings
 
-__all__ = ["DB_TIMEOUT_S", "on_database", "register", "run_apply", "run_reload", "run_show"]
+__all__ = [
+    "DB_TIMEOUT_S",
+    "on_database",
+    "register",
+    "run_apply",
+    "run_phones",
+    "run_reload",
+    "run_show",
+]
 
 R = TypeVar("R")
 
@@ -90,6 +106,42 @@ def run_reload(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{answer.get(k)} {k}" for k in ("tenants", "dids", "queues", "agents"))
     print(f"configuration reloaded: {counts}")
     return 0
+
+
+def run_phones(args: argparse.Namespace) -> int:
+    from pbx_controller.asterisk.phones import PhonePasswordsError, read_passwords, render_phones
+    from pbx_controller.store.directory import load_directory
+
+    try:
+        passwords = read_passwords(args.passwords)
+    except PhonePasswordsError as exc:
+        raise CliError(str(exc)) from None
+    settings = settings_from(args)
+    directory = asyncio.run(on_database(settings, load_directory))
+    try:
+        text = render_phones(directory.agents, passwords)
+    except PhonePasswordsError as exc:
+        raise CliError(f"{args.passwords}: {exc}") from None
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    _write_private(args.out, text)
+    print(f"{args.out}: {len(passwords)} phone(s); Asterisk: module reload res_pjsip.so")
+    return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` whole (a reader never sees half a file), mode 640."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -172,3 +224,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "`config apply` accepts unchanged.",
     )
     show.set_defaults(func=run_show)
+    phones = actions.add_parser(
+        "phones",
+        help="write the agents' PJSIP phones (pjsip_agents.conf)",
+        description="Write a PJSIP endpoint, AOR and digest auth for each stored agent "
+        "whose endpoint is PJSIP/<name>, with the passwords of PASSWORDS "
+        '(TOML, agent_id = "password", mode 600). The output holds password '
+        "digests only. Asterisk takes it on `module reload res_pjsip.so`.",
+    )
+    phones.add_argument(
+        "--passwords", type=Path, required=True, metavar="PASSWORDS", help="agent id -> password"
+    )
+    phones.add_argument(
+        "--out", type=Path, metavar="PATH", help="write here (mode 640) instead of stdout"
+    )
+    phones.set_defaults(func=run_phones)

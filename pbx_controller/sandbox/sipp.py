@@ -88,7 +88,6 @@ async def call(
     """Place `calls` calls to `did` through the PBX's SIP port and wait for
     all of them to finish. Returns sipp's own success/failure counts."""
     with tempfile.TemporaryDirectory(prefix="sipp-") as work:
-        stats = Path(work) / "stats.csv"
         scenario_path = SCENARIOS / scenario
         if from_user is not None:
             # An agent's phone calling a feature code: its From user names it.
@@ -116,32 +115,72 @@ async def call(
             str(rate),
             "-l",
             str(max(calls, 1)),
-            "-timeout",
-            f"{int(timeout_s)}s",
-            "-timeout_error",
-            "-trace_stat",
-            "-stf",
-            str(stats),
             "-fd",
             "1",
-            "-nostdin",
         ]
-        process = await asyncio.create_subprocess_exec(
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=work,
-        )
-        try:
-            async with asyncio.timeout(timeout_s + 10):
-                out, _ = await process.communicate()
-        except BaseException:  # a timeout, or the test cancelled us: no stray sipp
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            raise
-        successful, failed = _final_counts(stats)
-        return SippResult(process.returncode or 0, successful, failed, out.decode(errors="replace"))
+        return await _run(args, Path(work), timeout_s)
+
+
+async def register(
+    sip_port: int, username: str, password: str, phone: AgentPhone, *, timeout_s: float = 10.0
+) -> SippResult:
+    """REGISTER `username` (digest auth with `password`) through the PBX's
+    SIP port for `phone`, before it starts: from its own port, with its
+    address as the Contact, as a real phone does (Asterisk takes the source
+    address as the contact: rewrite_contact). `successful` is 1 when the
+    registrar said 200."""
+    with tempfile.TemporaryDirectory(prefix="sipp-register-") as work:
+        scenario = Path(work) / "register.xml"
+        text = (SCENARIOS / "register.xml.in").read_text()
+        scenario.write_text(text.replace("@contact@", phone.address))
+        args = [
+            sipp_path(),
+            f"127.0.0.1:{sip_port}",
+            "-sf",
+            str(scenario),
+            "-s",
+            username,
+            "-au",
+            username,
+            "-ap",
+            password,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(phone.port),
+            "-m",
+            "1",
+        ]
+        return await _run(args, Path(work), timeout_s)
+
+
+async def _run(args: list[str], work: Path, timeout_s: float) -> SippResult:
+    """Run a UAC scenario to its end (`timeout_s` at most); sipp's own
+    success/failure counts."""
+    stats = work / "stats.csv"
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-timeout_error",
+        "-trace_stat",
+        "-stf",
+        str(stats),
+        "-nostdin",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=work,
+    )
+    try:
+        async with asyncio.timeout(timeout_s + 10):
+            out, _ = await process.communicate()
+    except BaseException:  # a timeout, or the test cancelled us: no stray sipp
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    successful, failed = _final_counts(stats)
+    return SippResult(process.returncode or 0, successful, failed, out.decode(errors="replace"))
 
 
 def _final_counts(stats: Path) -> tuple[int, int]:
@@ -206,6 +245,7 @@ class AgentPhone:
             "-mp",
             str(free_port(socket.SOCK_DGRAM)),
             "-nostdin",
+            "-aa",  # 200 to OPTIONS (qualify), as a phone does
             "-trace_err",
             "-error_file",
             str(work / "errors.log"),
