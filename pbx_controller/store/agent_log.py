@@ -69,7 +69,9 @@ async def restorations(
     An agent the last run left logged in (that run died) is first logged
     out as of `alive_at`, the dead run's liveness stamp
     (`core.agent.lost_run_logout`): those rows are written here, before
-    anything of the new run."""
+    anything of the new run. That includes agents no longer configured (a
+    `config apply` while the controller was down): nothing else would ever
+    end their readiness."""
     log_table = AGENT_STATE_LOG
     last_two = (
         sa.select(log_table.c.state, log_table.c.reason, log_table.c.queue_ids, log_table.c.at)
@@ -79,8 +81,10 @@ async def restorations(
     )
     out = []
     lost: list[dict[str, object]] = []
+    configured = set(agent_ids)
     async with sessions() as session, session.begin():
-        for agent in agent_ids:
+        others = await session.scalars(sa.select(m.Agent.id).where(m.Agent.id.not_in(configured)))
+        for agent in [*sorted(configured), *others]:
             rows = [
                 LoggedState(AgentState(state), reason, tuple(queue_ids or ()), at)
                 for state, reason, queue_ids, at in await session.execute(
@@ -100,7 +104,7 @@ async def restorations(
                         "at": logout.at,
                     }
                 )
-            back = restoration(rows, now, within)
+            back = restoration(rows, now, within) if agent in configured else None
             if back is not None:
                 out.append(AgentRestored(agent, back.paused_reason, back.queues))
         if lost:

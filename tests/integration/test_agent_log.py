@@ -140,7 +140,8 @@ async def test_a_dead_run_s_agents_are_logged_out_as_of_its_stamp(
     """The last run died at T0+70 s (its stamp) with anna on a call and bert
     paused; the new run starts at T0+160 s. Both get a logged_out row at the
     stamp, before anything of the new run, and come back as they were:
-    readiness stops at the stamp, not at the new start."""
+    readiness stops at the stamp, not at the new start. So does dora's, who
+    was ready too but is no longer configured; she does not come back."""
     S = AgentState
     await upgrade_to_head(database_url)
     engine = make_engine(database_url)
@@ -148,7 +149,7 @@ async def test_a_dead_run_s_agents_are_logged_out_as_of_its_stamp(
     try:
         async with sessions() as session, session.begin():
             session.add(m.Tenant(id="acme", name="Acme"))
-            for agent_id in ("anna", "bert", "cleo"):
+            for agent_id in ("anna", "bert", "cleo", "dora"):
                 session.add(m.Agent(id=agent_id, name=agent_id, endpoint=f"PJSIP/{agent_id}"))
         agent_log = DatabaseAgentLog(sessions, linger_s=0)
         agent_log.start()
@@ -158,6 +159,7 @@ async def test_a_dead_run_s_agents_are_logged_out_as_of_its_stamp(
             row("bert", S.PAUSED, 20, "lunch"),
             row("cleo", S.READY, 10),
             row("cleo", S.LOGGED_OUT, 30),  # logged out herself: no row for her
+            row("dora", S.READY, 40),
         ]:
             agent_log.write(record)
         await agent_log.close(flush_timeout_s=10)
@@ -186,10 +188,12 @@ async def test_a_dead_run_s_agents_are_logged_out_as_of_its_stamp(
     assert lost == [
         ("anna", "logged_out", LOST_REASON, stamp),
         ("bert", "logged_out", LOST_REASON, stamp),
+        ("dora", "logged_out", LOST_REASON, stamp),
     ]
-    assert "without logging 2 agent(s) out" in caplog.text
+    assert "without logging 3 agent(s) out" in caplog.text
     # anna was ready from 0 to the stamp (70 s), not to the new start (160 s).
     assert sorted(readiness["acme"], key=lambda i: i.agent) == [
         ReadinessInterval("anna", T0, stamp),
         ReadinessInterval("cleo", T0 + timedelta(seconds=10), T0 + timedelta(seconds=30)),
+        ReadinessInterval("dora", T0 + timedelta(seconds=40), stamp),
     ]
