@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from pbx_controller.asterisk.ari import (
+    AriBadRequest,
     AriClient,
     AriConflict,
     AriError,
@@ -36,6 +37,10 @@ from pbx_controller.core.cdr import CdrRecord
 from pbx_controller.core.recording import RecordingJob
 
 log = logging.getLogger(__name__)
+
+# Asterisk's 400 to an originate whose originator channel no longer exists
+# (res/ari/resource_channels.c): a 400 alone may also be a bad endpoint.
+ORIGINATOR_NOT_FOUND = "originator channel was not found"
 
 # Between tries to record a snoop channel that has not entered the app yet.
 SNOOP_RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -230,13 +235,23 @@ class Executor:
         if isinstance(exc, ChannelGone):
             self.feed(e.ActionFailed(channel_id, type(action).__name__, str(exc), gone=True))
             return
-        log.error("%s on %s failed: %s", type(action).__name__, channel_id, exc)
+        caller_gone = (
+            isinstance(action, a.Originate)
+            and bool(action.originator)
+            and isinstance(exc, AriBadRequest)
+            and ORIGINATOR_NOT_FOUND in str(exc)
+        )
+        if caller_gone:
+            log.info("%s on %s: the caller hung up meanwhile", type(action).__name__, channel_id)
+        else:
+            log.error("%s on %s failed: %s", type(action).__name__, channel_id, exc)
         self.feed(
             e.ActionFailed(
                 channel_id,
                 type(action).__name__,
                 str(exc),
                 unanswered=isinstance(exc, AriUnavailable),
+                caller_gone=caller_gone,
             )
         )
 

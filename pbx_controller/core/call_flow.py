@@ -69,8 +69,10 @@ _EDGES: dict[tuple[CallState, str], frozenset[CallState]] = {
     (S.QUEUED, "HangupRequested"): frozenset({S.ENDING}),
     (S.QUEUED, "ActionFailed"): frozenset({S.QUEUED, S.ENDING}),
     # Ringing agents: the first answer connects; misses go back to the queue.
+    # A leg that Asterisk could not make because the caller's channel is
+    # gone (the caller hung up meanwhile) ends the call.
     (S.OFFERING, "AgentLegAnswered"): frozenset({S.CONNECTED, S.OFFERING}),
-    (S.OFFERING, "AgentLegGone"): frozenset({S.OFFERING, S.QUEUED}),
+    (S.OFFERING, "AgentLegGone"): frozenset({S.OFFERING, S.QUEUED, S.ENDING}),
     (S.OFFERING, "TimerFired"): frozenset({S.OFFERING, S.QUEUED, S.ENDING}),
     (S.OFFERING, "Overflowed"): frozenset({S.QUEUED, S.ENDING}),
     (S.OFFERING, "PlaybackFinished"): frozenset({S.OFFERING}),

@@ -624,15 +624,25 @@ class Engine:
         CALL_TRANSITIONS.targets(call.state, "AgentLegGone")
         if call.state is CallState.OFFERING and agent_id in call.ringing:
             started = call.ringing.pop(agent_id)[1]
-            # Asterisk never answered the originate: the agent missed nothing.
-            theirs = not (isinstance(event, e.ActionFailed) and event.unanswered)
-            outcome_name = "missed" if theirs else "failed"
+            failed = event if isinstance(event, e.ActionFailed) else None
+            caller_gone = failed is not None and failed.caller_gone
+            # Asterisk never answered the originate, or the caller left
+            # before the leg was made: the agent missed nothing.
+            theirs = failed is None or not (failed.unanswered or caller_gone)
+            outcome_name = "missed" if theirs else "cancelled" if caller_gone else "failed"
             call.segments.append(CdrSegment("offer", agent_id, started, now, outcome_name))
             outcome = self.offers.missed(call.call_id, agent_id, agents_fault=theirs)
             actions: list[a.Action] = []
             if outcome.counted:
                 ended = self.board.offer_missed if theirs else self.board.offer_cancelled
                 actions += self._board(ended(agent_id, call.call_id, now))
+            if caller_gone:
+                # Asterisk says the caller's channel is gone: its hang-up is
+                # on the way. Offering the call again meanwhile would make
+                # every next leg fail the same way.
+                self._caller_gone(call, by_system=False)
+                self._move(call, "AgentLegGone", CallState.ENDING)
+                return actions + self._leave_queue(call, now)
             if outcome.requeue is not None:
                 actions += self._cancel_ring_timer(call)
                 self._requeue(call, outcome.requeue)

@@ -192,6 +192,10 @@ class ActionFailed:
     down): not anybody's refusal. An agent leg's originate failing so is not
     the agent's missed offer (an overloaded Asterisk must not auto-pause
     every agent).
+
+    `caller_gone` is true when an agent leg's originate named the caller's
+    channel as its originator and Asterisk no longer has that channel: the
+    caller hung up while the leg was being made. Not the agent's miss.
     """
 
     channel_id: str
@@ -199,6 +203,7 @@ class ActionFailed:
     reason: str
     gone: bool = False
     unanswered: bool = False
+    caller_gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

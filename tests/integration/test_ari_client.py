@@ -21,6 +21,9 @@ from pbx_controller.asterisk.ari import (
     Rest,
     StreamConnected,
 )
+from pbx_controller.asterisk.executor import Executor
+from pbx_controller.core import actions as act
+from pbx_controller.core import events as ev
 from pbx_controller.sandbox.asterisk import SandboxAsterisk, free_port
 
 pytestmark = pytest.mark.asterisk
@@ -241,3 +244,37 @@ async def test_send_refuses_when_rest_goes_over_http(ari: AriClient) -> None:
     assert ari.send(Rest.stop_moh("no-such-channel"), outcomes.done("moh")) is False
     await asyncio.sleep(0.1)  # deliberate: nothing may come back for it
     assert outcomes.heard == []
+
+
+@pytest.mark.parametrize("rest_over_websocket", [False, True], ids=["http", "websocket"])
+async def test_an_agent_leg_whose_caller_is_gone_is_reported_as_such(
+    asterisk: SandboxAsterisk, rest_over_websocket: bool
+) -> None:
+    """The executor tells Asterisk's refusal of an originate whose originator
+    (the caller's channel) is gone from any other failed originate: only the
+    first is the caller's doing (the engine then neither blames the agent
+    nor offers the call again)."""
+    fed: list[ev.Event] = []
+    async for client in connected(asterisk, rest_over_websocket=rest_over_websocket):
+        executor = Executor(client, fed.append, cdrs=_NoCdrs())
+        executor.submit(
+            [
+                act.Originate(
+                    f"t-{uuid.uuid4()}", "Local/echo@pbx-test", "agent", "", 5000, "no-such-caller"
+                ),
+                act.Originate(f"t-{uuid.uuid4()}", "Nonsense/x", "agent", "", 5000, ""),
+            ]
+        )
+        async with asyncio.timeout(10):
+            await executor.drain()
+    failed = [x for x in fed if isinstance(x, ev.ActionFailed)]
+    # Two lanes over HTTP: either may fail first.
+    assert sorted((f.action, f.caller_gone, f.gone, f.unanswered) for f in failed) == [
+        ("Originate", False, False, False),
+        ("Originate", True, False, False),
+    ]
+
+
+class _NoCdrs:
+    def write(self, cdr: object) -> None:
+        raise AssertionError("no CDR expected")

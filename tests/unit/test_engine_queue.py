@@ -899,6 +899,32 @@ def test_an_adopted_call_whose_agent_or_queue_is_gone_goes_to_the_fallback() -> 
     assert desk.call_state(1) is CallState.ENDING
 
 
+def test_a_leg_asterisk_could_not_make_because_the_caller_left_ends_the_call() -> None:
+    """The caller hangs up while the agents' legs are being originated:
+    Asterisk refuses the next originate (its originator, the caller's
+    channel, is gone) before the caller's hang-up reaches the engine. Not
+    the agent's miss, and the call is not offered again; the other legs are
+    hung up and their agents freed."""
+    desk = ring_all_desk()
+    desk.queue_call(1, when=3)
+    gone = e.ActionFailed(
+        "call-1-leg1", "Originate", "originator channel was not found", caller_gone=True
+    )
+    ended = desk.feed(gone, 3.1)
+    assert not only(ended, a.Originate)  # not offered again
+    assert set(only(ended, a.Hangup)) == {a.Hangup("call-1-leg2"), a.Hangup("call-1-leg3")}
+    assert sorted(moves(ended)) == [
+        (who, S.RESERVED, S.READY, "OfferCancelled") for who in ("ann", "bob", "cat")
+    ]
+    assert desk.engine.board.status("ann").missed_in_row == 0
+    assert desk.call_state(1) is CallState.ENDING
+    # The caller's hang-up follows and changes nothing more.
+    assert not only(desk.caller_hangs_up(1, 3.2), a.Originate)
+    cdr = desk.caller_leaves(1, 3.2)
+    assert (cdr.disposition, cdr.hangup_side) == (Disposition.ABANDONED, HangupSide.CALLER)
+    assert outcomes(cdr) == {("ann", "cancelled"), ("bob", "cancelled"), ("cat", "cancelled")}
+
+
 def test_originates_asterisk_never_answered_are_not_the_agents_misses() -> None:
     """An overloaded Asterisk times the originates out: the call is offered
     again, to the same agent, and nobody is auto-paused for it (three real
