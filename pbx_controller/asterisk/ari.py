@@ -311,6 +311,8 @@ class AriClient:
         # Counters for /metrics (and the bench's per-call traffic figures).
         self.requests_sent = 0
         self.events_received = 0
+        # Websockets Asterisk accepted without (or later dropped) our app.
+        self.deaf_connections = 0
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -384,6 +386,17 @@ class AriClient:
         self.requests_sent += 1
         if self.pipelining:
             return await self._request_over_websocket(RestCall(method, path, params, body), parse)
+        return await self._request_over_http(method, path, params, body, parse=parse)
+
+    async def _request_over_http(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        body: Json | None = None,
+        *,
+        parse: bool = True,
+    ) -> Any:
         query = {k: str(v) for k, v in (params or {}).items()}
         try:
             async with self.session.request(
@@ -490,6 +503,8 @@ class AriClient:
             async with asyncio.timeout(timeout_s):
                 await self._request_over_websocket(RestCall("GET", "/asterisk/ping"))
         except (AriError, TimeoutError) as exc:
+            if ws.closed or self._ws is not ws:
+                return False  # the connection ended under the question, not the feature
             log.warning("ARI REST over the websocket unavailable (%s): using HTTP", exc)
             self.rest_over_websocket = False
             return False
@@ -652,14 +667,59 @@ class AriClient:
         ws_base = "ws" + self.base_url[len("http") :]
         return f"{ws_base}/events?app={quote(self.app)}&subscribeAll=false"
 
+    async def app_registered(self) -> bool:
+        """Whether Asterisk has our app now. Asked over HTTP: it is the
+        websocket's own session that is in doubt."""
+        try:
+            await self._request_over_http("GET", f"/applications/{_p(self.app)}")
+        except AriNotFound:
+            return False
+        return True
+
+    async def _deaf(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Asterisk accepted the websocket, but our app is not registered:
+        an earlier connection of the app that ended without a close
+        handshake (a killed controller, a cut network) was cleaned up just
+        after ours registered it, and took the registration with it
+        (measured: 6 of 200 reconnects right after an abort). Such a
+        websocket gets no events and no REST answers. Unanswerable (Asterisk
+        busy, HTTP down): not deaf; the heartbeat judges the websocket."""
+        try:
+            registered = await self.app_registered()
+        except AriError as exc:
+            log.debug("ARI app check not answered: %s", exc)
+            return False
+        if registered:
+            return False
+        self.deaf_connections += 1
+        log.warning(
+            "ARI app %s not registered on its new websocket (an earlier connection's end"
+            " raced it): connecting again",
+            self.app,
+        )
+        await ws.close()
+        return True
+
+    async def _watch_registration(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """The app stays registered while the websocket is open; checked every
+        heartbeat, in case the race above came later than the first check."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            if ws.closed or await self._deaf(ws):
+                return
+
     async def run_events(self) -> None:
         """Keep the websocket open forever, reconnecting with capped,
-        jittered exponential backoff. Items land on `self.events`."""
+        jittered exponential backoff. Items land on `self.events`. A
+        websocket without our app registered is closed and made again
+        before anyone hears of it (see `_deaf`)."""
         attempt = 0
         first = True
         sender: asyncio.Task[None] | None = None
+        watcher: asyncio.Task[None] | None = None
         while not self._closing:
             reason = "connection lost"
+            deaf = False
             try:
                 async with self.session.ws_connect(
                     self._events_url(),
@@ -668,8 +728,16 @@ class AriClient:
                     max_msg_size=16 * 1024 * 1024,
                     timeout=aiohttp.ClientWSTimeout(ws_close=2),
                 ) as ws:
+                    # The losing cleanup comes within milliseconds: give it
+                    # time to show before asking (after that, the watcher).
+                    await asyncio.sleep(REGISTRATION_GRACE_S)
+                    if await self._deaf(ws):
+                        deaf = True
+                        continue  # (the finally below runs first)
                     self._ws = ws
-                    sender = asyncio.get_running_loop().create_task(self._send_frames(ws))
+                    loop = asyncio.get_running_loop()
+                    sender = loop.create_task(self._send_frames(ws))
+                    watcher = loop.create_task(self._watch_registration(ws))
                     attempt = 0
                     self.connected.set()
                     self.events.put_nowait(StreamConnected(reconnect=not first))
@@ -700,13 +768,18 @@ class AriClient:
                 self._ws = None
                 self.connected.clear()
                 self._fail_pending(reason)
-                if sender is not None:
-                    sender.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sender
-                    sender = None
-            if self._closing:
-                break
+                for task in (sender, watcher):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                sender = watcher = None
+                if deaf:
+                    # Nobody heard of this websocket: no StreamDisconnected.
+                    await asyncio.sleep(self._backoff(attempt))
+                    attempt += 1
+            if self._closing or deaf:
+                continue
             delay = self._backoff(attempt)
             attempt += 1
             self.events.put_nowait(StreamDisconnected(reason))
@@ -716,6 +789,10 @@ class AriClient:
     def _backoff(self, attempt: int) -> float:
         # A fast first retry: calls are refused while no websocket is connected.
         return backoff_s(attempt, 0.05, self._reconnect_max)
+
+
+# How long a new websocket waits before asking whether our app is registered.
+REGISTRATION_GRACE_S = 0.05
 
 
 def _record_params(name: str, fmt: str) -> dict[str, str | int]:

@@ -4,9 +4,11 @@ errors, and the event stream's reconnect."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
 
 from pbx_controller.asterisk.ari import (
@@ -278,3 +280,46 @@ async def test_an_agent_leg_whose_caller_is_gone_is_reported_as_such(
 class _NoCdrs:
     def write(self, cdr: object) -> None:
         raise AssertionError("no CDR expected")
+
+
+async def test_a_websocket_that_lost_its_app_to_a_killed_connection_is_made_again(
+    asterisk: SandboxAsterisk,
+) -> None:
+    """A killed controller's websocket ends without a close handshake. When
+    the next one connects at once, Asterisk now and then cleans the dead
+    connection up just after the new one registered the app, and takes the
+    registration with it: the new websocket hears nothing. The client
+    notices and connects again, so that whenever it says connected, the app
+    is registered and events come. The race is real and rare: connect as
+    often as it takes to meet it (a few percent of tries)."""
+    e = asterisk.endpoints
+    app = f"test-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": aiohttp.encode_basic_auth(e.ari_username, e.ari_password)}
+    events_url = e.ari_url.replace("http", "ws", 1).rstrip("/") + f"/events?app={app}"
+    deaf = tries = 0
+    async with aiohttp.ClientSession(headers=auth) as raw:
+        while deaf == 0 and tries < 300:
+            tries += 1
+            killed = await raw.ws_connect(events_url)
+            killed.get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # no close frame
+            client = AriClient(e.ari_url, e.ari_username, e.ari_password, app)
+            reader = asyncio.create_task(client.run_events())
+            try:
+                async with asyncio.timeout(10):
+                    assert isinstance(await client.events.get(), StreamConnected)
+                assert await client.app_registered()
+                deaf += client.deaf_connections
+                if deaf:
+                    # And it hears: a call entering the app reaches it.
+                    channel_id = f"t-{uuid.uuid4()}"
+                    await client.originate(
+                        "Local/echo@pbx-test", channel_id=channel_id, app_args="leg"
+                    )
+                    started = await next_event(client, "StasisStart", id=channel_id)
+                    assert started["application"] == app
+                    await client.hangup(channel_id)
+            finally:
+                reader.cancel()
+                await client.close()
+                await killed.close()
+    assert deaf >= 1, f"the race did not occur in {tries} tries"
