@@ -54,7 +54,7 @@ def run_set_consent(args: argparse.Namespace) -> int:
         print(f"{args.tenant}: consent_policy is already {policy.value} (no change)")
     else:
         print(f"{args.tenant}: consent_policy {old.value} -> {policy.value}")
-        print("restart the controller for calls to use it; update pbx.toml to match")
+        print("`pbxctl config reload` for calls to use it; update pbx.toml to match")
     return 0
 
 
@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "tenant",
         help="change a tenant's setting in the database (set-consent)",
         description="Change one tenant setting in the database. A running controller "
-        "reads it when it restarts; `config apply` sets what pbx.toml says again.",
+        "reads it on `pbxctl config reload` (or a restart); `config apply` sets what "
+        "pbx.toml says again.",
     )
     actions = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     consent = actions.add_parser(
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Set TENANT's recording consent policy and print old -> new. "
         "off: never ask, never record; notify: an announcement, staying on the line "
         "is consent; opt_in: only the agree digit allows recording. "
-        "A running controller picks it up when it restarts (`pbxctl serve`); "
+        "A running controller picks it up on `pbxctl config reload` (or a restart); "
         "the next `config apply` of a pbx.toml with another consent_policy "
         "sets that one again, so change the file too.",
     )

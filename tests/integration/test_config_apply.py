@@ -474,7 +474,7 @@ async def test_pbxctl_tenant_set_consent(
     assert await run("tenant", "set-consent", "acme", "opt_in") == (
         0,
         "acme: consent_policy notify -> opt_in\n"
-        "restart the controller for calls to use it; update pbx.toml to match\n",
+        "`pbxctl config reload` for calls to use it; update pbx.toml to match\n",
         "",
     )
     policy = sa.select(m.Tenant.consent_policy).where(m.Tenant.id == "acme")
