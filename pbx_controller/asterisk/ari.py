@@ -778,8 +778,8 @@ class AriClient:
                     # Nobody heard of this websocket: no StreamDisconnected.
                     await asyncio.sleep(self._backoff(attempt))
                     attempt += 1
-            if self._closing or deaf:
-                continue
+            if self._closing:
+                break
             delay = self._backoff(attempt)
             attempt += 1
             self.events.put_nowait(StreamDisconnected(reason))

@@ -132,14 +132,14 @@ def run_phones(args: argparse.Namespace) -> int:
 
 def _write_private(path: Path, text: str) -> None:
     """Replace `path` whole (a reader never sees half a file), mode 640."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    from pbx_controller.cli.recordings import _temp_beside, _write_all
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _temp_beside(path) as (fd, temp):
+            _write_all(fd, text.encode())
+            os.fchmod(fd, 0o640)
+            os.fsync(fd)
+            os.replace(temp, path)
     except OSError as exc:
         raise CliError(f"{path}: {exc.strerror or exc}") from None
 
